@@ -1,0 +1,14 @@
+"""Test set-up: 8 simulated CPU devices, set before jax is imported anywhere."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import jax  # noqa: E402  (must come after XLA_FLAGS)
+import tensorflow as tf  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+tf.config.set_visible_devices([], "GPU")

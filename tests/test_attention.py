@@ -1,0 +1,80 @@
+"""Scaled dot-product and multi-head attention against NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+import pytest
+
+from transformer import config as configs
+from transformer.attention import MultiHeadAttention, fused_attention, reference_attention
+
+from helpers import numpy_attention, numpy_multi_head_attention
+
+
+def random_qkv(seed, batch=2, q_len=5, kv_len=6, heads=3, d_k=4, d_v=5):
+  rng = np.random.RandomState(seed)
+  q = rng.randn(batch, q_len, heads, d_k).astype(np.float32)
+  k = rng.randn(batch, kv_len, heads, d_k).astype(np.float32)
+  v = rng.randn(batch, kv_len, heads, d_v).astype(np.float32)
+  mask = rng.rand(batch, 1, q_len, kv_len) > 0.3
+  mask[..., 0] = True  # every query sees at least one key
+  return q, k, v, mask
+
+
+def test_reference_attention_matches_numpy():
+  q, k, v, mask = random_qkv(0)
+  out, weights = reference_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                                     jnp.asarray(mask))
+  np.testing.assert_allclose(out, numpy_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-6)
+  assert not np.any(np.asarray(weights)[~np.broadcast_to(mask, weights.shape)])
+
+
+def test_fused_kernel_equals_reference():
+  q, k, v, mask = random_qkv(1, d_v=4)
+  reference, _ = reference_attention(q, k, v, mask)
+  np.testing.assert_allclose(fused_attention(q, k, v, mask), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_softmax_is_float32_in_bfloat16():
+  q, k, v, mask = random_qkv(2)
+  as_bf16 = lambda x: jnp.asarray(x, jnp.bfloat16)
+  out, weights = reference_attention(as_bf16(q), as_bf16(k), as_bf16(v), mask)
+  assert weights.dtype == jnp.float32 and out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(np.float32), numpy_attention(q, k, v, mask), atol=5e-2)
+
+
+def test_attention_dropout_only_when_training():
+  q, k, v, mask = random_qkv(3)
+  plain, _ = reference_attention(q, k, v, mask)
+  dropped, _ = reference_attention(q, k, v, mask, jax.random.PRNGKey(0), dropout_rate=0.5)
+  assert not np.allclose(plain, dropped)
+
+
+@pytest.mark.parametrize("kernel", ["xla", "jax"])
+def test_multi_head_attention_matches_numpy(kernel):
+  config = configs.tiny(d_model=12, num_heads=3, attention_kernel=kernel)
+  rng = np.random.RandomState(4)
+  x_q = rng.randn(2, 5, 12).astype(np.float32)
+  x_kv = rng.randn(2, 6, 12).astype(np.float32)
+  mask = rng.rand(2, 1, 5, 6) > 0.3
+  mask[..., 0] = True
+  layer = MultiHeadAttention(config)
+  params = nn.unbox(layer.init(jax.random.PRNGKey(0), x_q, x_kv, mask)["params"])
+  out = layer.apply({"params": params}, x_q, x_kv, mask)
+
+  expected = numpy_multi_head_attention(params, x_q, x_kv, mask)
+  np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_projection_initialization():
+  """Xavier-uniform kernels over the full d_model x (h * d_k) matrix and zero biases."""
+  config = configs.base(d_model=512, num_heads=8)
+  x = jnp.zeros((1, 2, 512))
+  params = nn.unbox(MultiHeadAttention(config).init(jax.random.PRNGKey(0), x, x, None)["params"])
+  kernel = np.asarray(params["query"]["kernel"]).reshape(512, 512)
+  limit = np.sqrt(6.0 / (512 + 512))
+  assert np.abs(kernel).max() <= limit
+  np.testing.assert_allclose(kernel.std(), limit / np.sqrt(3.0), rtol=0.02)
+  assert not np.any(np.asarray(params["query"]["bias"]))

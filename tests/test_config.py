@@ -1,0 +1,50 @@
+"""ModelConfig validation and presets."""
+
+import pytest
+
+from transformer import config as configs
+
+
+def test_presets_follow_table_3():
+  base, big = configs.base(), configs.big()
+  assert (base.d_model, base.num_heads, base.d_ff, base.encoder_layers, base.decoder_layers,
+          base.dropout_rate, base.d_k, base.d_v) == (512, 8, 2048, 6, 6, 0.1, 64, 64)
+  assert (big.d_model, big.num_heads, big.d_ff, big.dropout_rate, big.d_k) == (
+      1024, 16, 4096, 0.3, 64)
+  assert base.normalization == "post" and base.positional_encoding == "sinusoidal"
+
+
+def test_d_k_defaults_and_overrides():
+  assert configs.tiny(d_model=32, num_heads=4).d_k == 8
+  assert configs.tiny(d_k=16).d_k == 16 and configs.tiny(d_k=16).d_v == 8
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"d_model": 30, "num_heads": 4}, "d_model (30) must be divisible by ModelConfig.num_heads (4)"),
+    ({"d_ff": 0}, "ModelConfig.d_ff must be a positive integer"),
+    ({"encoder_layers": -1}, "ModelConfig.encoder_layers must be a positive integer"),
+    ({"vocab_size": 2.5}, "ModelConfig.vocab_size must be a positive integer"),
+    ({"dropout_rate": 1.5}, "ModelConfig.dropout_rate must be in [0, 1)"),
+    ({"dropout_rate": -0.1}, "ModelConfig.dropout_rate must be in [0, 1)"),
+    ({"normalization": "sandwich"}, "ModelConfig.normalization must be one of post, pre"),
+    ({"positional_encoding": "rope"},
+     "ModelConfig.positional_encoding must be one of sinusoidal, learned, none"),
+    ({"activation": "swish"}, "ModelConfig.activation must be one of relu, gelu"),
+    ({"dtype": "float8"}, "ModelConfig.dtype must be one of float32, bfloat16, float16"),
+    ({"attention_kernel": "flash"}, "ModelConfig.attention_kernel must be one of xla, jax"),
+    ({"remat_policy": "some"}, "ModelConfig.remat_policy must be one of none, full, dots"),
+    ({"target_vocab_size": 10}, "share_embeddings=True needs one vocabulary"),
+    ({"attention_kernel": "jax", "d_k": 4}, "attention_kernel='jax' needs d_k == d_v"),
+])
+def test_bad_config_names_field_and_allowed_values(overrides, message):
+  with pytest.raises(ValueError) as error:
+    configs.tiny(**overrides)
+  assert message in str(error.value)
+
+
+def test_from_dict_rejects_unknown_fields_and_presets():
+  assert configs.from_dict({"preset": "tiny", "d_model": 16, "num_heads": 2}).d_model == 16
+  with pytest.raises(ValueError, match="unknown model field.*d_modle"):
+    configs.from_dict({"d_modle": 16})
+  with pytest.raises(ValueError, match="model.preset must be one of base, big, tiny"):
+    configs.from_dict({"preset": "huge"})

@@ -1,0 +1,136 @@
+"""Scaled dot-product attention (Sec. 3.2.1) and multi-head attention (Sec. 3.2.2).
+
+Glossary of dimension letters: B batch, Q query length, S key/value length, H heads,
+K per-head query/key size d_k, V per-head value size d_v, D d_model.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from transformer.config import ModelConfig
+
+# A large negative logit for masked positions: finite so that fully masked rows stay NaN-free.
+_MASKED_LOGIT = -1e10
+
+
+def reference_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
+                        mask: jnp.ndarray | None, dropout_rng: jax.Array | None = None,
+                        dropout_rate: float = 0.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """softmax(Q K^T / sqrt(d_k)) V, with the logits and softmax in float32.
+
+  Args:
+    query: `[B, Q, H, K]`; key: `[B, S, H, K]`; value: `[B, S, H, V]`.
+    mask: boolean, broadcastable to `[B, H, Q, S]`; True where attending is allowed.
+    dropout_rng: if given, dropout with `dropout_rate` is applied to the attention weights.
+  Returns:
+    The attended values `[B, Q, H, V]` (in the query's dtype) and weights `[B, H, Q, S]` (float32).
+  """
+  scale = 1.0 / jnp.sqrt(jnp.float32(query.shape[-1]))
+  logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask, logits, _MASKED_LOGIT)
+  weights = jax.nn.softmax(logits, axis=-1)
+  attended_weights = weights
+  if dropout_rng is not None and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    attended_weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  output = jnp.einsum("bhqs,bshv->bqhv", attended_weights.astype(value.dtype), value)
+  return output, weights
+
+
+def fused_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
+                    mask: jnp.ndarray | None) -> jnp.ndarray:
+  """The same function through `jax.nn.dot_product_attention` (fused kernels on GPU)."""
+  return jax.nn.dot_product_attention(query, key, value, mask=mask)
+
+
+def _projection(config: ModelConfig, per_head_size: int, name: str) -> nn.DenseGeneral:
+  """A `[B, L, D] -> [B, L, H, per_head_size]` projection (W^Q, W^K or W^V for all heads)."""
+  return nn.DenseGeneral(
+      features=(config.num_heads, per_head_size),
+      dtype=config.compute_dtype,
+      param_dtype=config.weight_dtype,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                               ("embed", "heads", "kv")),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "kv")),
+      name=name)
+
+
+class MultiHeadAttention(nn.Module):
+  """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W^Q_i, K W^K_i, V W^V_i).
+
+  With `decode=True` it keeps a key/value cache in the `cache` collection: self-attention appends
+  one step's keys/values per call; encoder-decoder attention (`cross=True`) projects the encoder
+  output once, on the call that creates the cache, and reuses it on every later step.
+  """
+
+  config: ModelConfig
+  deterministic: bool = True
+  decode: bool = False
+  cross: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None,
+               mask: jnp.ndarray | None) -> jnp.ndarray:
+    """`[B, Q, D]` queries attend over `[B, S, D]` keys/values; returns `[B, Q, D]`."""
+    config = self.config
+    query = _projection(config, config.d_k, "query")(inputs_q)  # [B, Q, H, K]
+    key_projection = _projection(config, config.d_k, "key")
+    value_projection = _projection(config, config.d_v, "value")
+    if self.decode and self.cross:
+      key = self.variable("cache", "cross_key", key_projection, inputs_kv).value
+      value = self.variable("cache", "cross_value", value_projection, inputs_kv).value
+    else:
+      key = key_projection(inputs_kv)  # [B, S, H, K]
+      value = value_projection(inputs_kv)  # [B, S, H, V]
+      if self.decode:
+        key, value, mask = self._append_to_cache(key, value, mask)
+
+    dropout_rng = None
+    if not self.deterministic and config.attention_dropout_rate > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    if config.attention_kernel == "jax":
+      attended = fused_attention(query, key, value, mask)
+    else:
+      attended, weights = reference_attention(query, key, value, mask, dropout_rng,
+                                              config.attention_dropout_rate)
+      self.sow("intermediates", "attention_weights", weights)
+    attended = nn.with_logical_constraint(attended, ("batch", "length", "heads", "kv"))
+
+    output = nn.DenseGeneral(  # W^O applied to the concatenated heads
+        features=config.d_model,
+        axis=(-2, -1),
+        dtype=config.compute_dtype,
+        param_dtype=config.weight_dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                                 ("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        name="out")(attended)
+    return output
+
+  def _append_to_cache(self, key: jnp.ndarray, value: jnp.ndarray, mask: jnp.ndarray | None
+                       ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+    """Writes this step's keys/values at the cache index; returns the whole cache and its mask.
+
+    The call that creates the cache (inputs of the full decode length) only allocates it.
+    """
+    is_initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not is_initialized:
+      return key, value, mask
+    step_length = key.shape[1]
+    index = cache_index.value
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+    cache_index.value = index + step_length
+    # Step queries at positions index..index+step_length-1 see cached keys at positions <= their own.
+    query_positions = index + jnp.arange(step_length)
+    key_positions = jnp.arange(cached_key.value.shape[1])
+    filled = (key_positions[None, :] <= query_positions[:, None])[None, None]  # [1, 1, Q, S]
+    mask = filled if mask is None else mask & filled
+    return cached_key.value, cached_value.value, mask
