@@ -10,11 +10,14 @@ from ml_collections import config_flags
 
 from transformer import config as model_config
 from transformer import describe
+from transformer.data import datasets, inputs, stats
+from transformer.data.corpus import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/smoke.py", "Experiment config file (get_config()).",
     lock_config=True)
-_MODE = flags.DEFINE_enum("mode", "describe", ["describe"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "describe", ["describe", "data_stats"], "What to run.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory: tokenizer, checkpoints, logs.")
 
 
 def main(argv: list[str]) -> None:
@@ -24,9 +27,14 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   try:
     model = model_config.from_dict(config.model.to_dict())
-  except ValueError as error:
-    raise app.UsageError(f"--config: {error}") from None
-  print(describe.summary(model, seed=config.seed))
+    if _MODE.value == "describe":
+      print(describe.summary(model, seed=config.seed))
+    elif _MODE.value == "data_stats":
+      builder = datasets.prepare(config.data)
+      tokenizer = inputs.get_tokenizer(builder, config, _WORKDIR.value)
+      print(stats.report(builder, config, tokenizer, _WORKDIR.value))
+  except (ValueError, DataError) as error:
+    raise SystemExit(f"error: {error}") from None
 
 
 def run_app() -> None:

@@ -2,20 +2,25 @@
 
 import ml_collections
 
+from experiments.configs import common
+
 
 def get_config() -> ml_collections.ConfigDict:
   """The README's main job."""
-  config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(
-      preset="tiny",  # base | big | tiny; the fields below override it
-      vocab_size=64,  # shared source/target vocabulary
-      d_model=64,  # model width
-      num_heads=4,  # attention heads
-      d_ff=256,  # feed-forward hidden size
-      encoder_layers=2,  # N for the encoder
-      decoder_layers=2,  # N for the decoder
-      dropout_rate=0.1,  # residual and embedding dropout (Sec. 5.4)
-      max_len=64,  # longest sequence (learned positions, decoding)
+  config = common.base_config()
+  config.model.update(dict(
+      preset="tiny",
+      vocab_size=128,  # = tokenizer.vocab_size
+      d_model=64,
+      num_heads=4,
+      d_ff=256,
+      encoder_layers=2,
+      decoder_layers=2,
+      dropout_rate=0.1,
+      max_len=64,
   ))
-  config.seed = 0  # initialization and dropout
+  config.data.generated.update(dict(train_size=20_000, validation_size=500, test_size=500))
+  config.data.update(dict(max_train_length=32, max_eval_length=64, packed_length=64,
+                          batch_size=32, eval_batch_size=100, shuffle_buffer=20_000))
+  config.tokenizer.update(dict(vocab_size=128, sample_size=20_000))
   return config

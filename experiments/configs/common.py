@@ -1,0 +1,46 @@
+"""Defaults shared by every experiment config; each config file starts from `base_config()`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with their defaults (the paper's recipe where it has one)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # parameters, dropout and data order
+
+  config.model = ml_collections.ConfigDict(dict(
+      preset="base",  # base | big | tiny (transformer/config.py); the fields below override it
+      vocab_size=32000,  # must match config.tokenizer.vocab_size
+      max_len=256,  # longest sequence the model is built for (learned positions, decoding)
+  ))
+
+  config.data = ml_collections.ConfigDict(dict(
+      dataset="number_words",  # number_words | parallel_text | a tfds catalog name
+      data_dir="",  # where tfds prepares/reads datasets ('' = ~/tensorflow_datasets; gs:// ok)
+      source_dir="",  # parallel_text: directory of {split}.{lang} or {split}.tsv files
+      source_lang="en",  # the paper translates EN->DE
+      target_lang="de",
+      carve_from="",  # parallel_text: one split to cut into train/validation/test (Tatoeba)
+      generated=ml_collections.ConfigDict(dict(  # number_words: task size
+          seed=0, train_size=50_000, validation_size=1_000, test_size=1_000)),
+      train_split="train",
+      eval_split="validation",  # validation loss/BLEU during training
+      test_split="test",  # final evaluation only
+      max_train_length=64,  # longer training pairs (in tokens, per side) are dropped
+      max_eval_length=256,  # longer evaluation sequences are truncated
+      packed_length=64,  # tokens per packed training row (target side)
+      packed_inputs_length=0,  # source-side row length (0 = packed_length); match the corpus
+      batch_size=64,  # packed rows per global batch (tokens = rows * packed_length)
+      eval_batch_size=64,  # sentences per global evaluation batch
+      shuffle_buffer=50_000,  # text pairs
+  ))
+
+  config.tokenizer = ml_collections.ConfigDict(dict(
+      vocab_size=32000,  # joint SentencePiece vocabulary
+      model_type="unigram",  # unigram | bpe
+      sample_size=1_000_000,  # training pairs sampled to train the tokenizer
+      character_coverage=1.0,  # 0.9995 for Chinese/Japanese
+      byte_fallback=False,  # unknown characters as UTF-8 bytes (needs vocab_size >= 259)
+      normalization="nmt_nfkc",  # SentencePiece rule; identity keeps full-width punctuation
+  ))
+  return config

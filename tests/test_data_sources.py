@@ -1,0 +1,191 @@
+"""Datasets as tfds: the generated task, local parallel text, the catalog; bad input."""
+
+import os
+import pathlib
+
+import ml_collections
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments.configs import common
+from transformer.data import datasets, number_words
+from transformer.data.corpus import DataError
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def data_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
+  data = common.base_config().data
+  data.data_dir = str(tmp_path / "tfds")
+  data.generated.update(dict(train_size=200, validation_size=20, test_size=20))
+  data.update(overrides)
+  return data
+
+
+def write_corpus(directory, files: dict[str, str | bytes]) -> str:
+  os.makedirs(directory, exist_ok=True)
+  for name, content in files.items():
+    mode = "wb" if isinstance(content, bytes) else "w"
+    with open(os.path.join(directory, name), mode) as handle:
+      handle.write(content)
+  return str(directory)
+
+
+def read_all(builder, data, split):
+  return [(ex["inputs"].decode(), ex["targets"].decode())
+          for ex in datasets.load_split(builder, data, split).as_numpy_iterator()]
+
+
+@pytest.mark.parametrize("n, en, de", [
+    (0, "zero", "null"), (1, "one", "eins"), (16, "sixteen", "sechzehn"),
+    (17, "seventeen", "siebzehn"), (21, "twenty-one", "einundzwanzig"),
+    (30, "thirty", "dreißig"), (101, "one hundred one", "einhunderteins"),
+    (342, "three hundred forty-two", "dreihundertzweiundvierzig"),
+    (1001, "one thousand one", "eintausendeins"),
+    (101000, "one hundred one thousand", "einhunderteintausend"),
+    (342001, "three hundred forty-two thousand one", "dreihundertzweiundvierzigtausendeins"),
+])
+def test_number_words(n, en, de):
+  assert number_words.english(n) == en
+  assert number_words.german(n) == de
+
+
+def test_generated_splits_are_seeded_and_disjoint():
+  sizes = {"train": 500, "validation": 50, "test": 50}
+  first, again = number_words.sample_numbers(3, sizes), number_words.sample_numbers(3, sizes)
+  assert first == again
+  assert first != number_words.sample_numbers(4, sizes)
+  assert {k: len(v) for k, v in first.items()} == sizes
+  assert len(set().union(*first.values())) == 600
+
+
+def test_generated_builder(tmp_path):
+  data = data_config(tmp_path)
+  builder = datasets.prepare(data)
+  assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
+      "train": 200, "validation": 20, "test": 20}
+  for source, target in read_all(builder, data, "test"):
+    assert target == number_words.german(int(
+        next(n for n in range(10**6) if number_words.english(n) == source)))
+    break
+
+
+def test_parallel_text_builder_from_line_aligned_files(tmp_path):
+  corpus_dir = write_corpus(tmp_path / "corpus", {
+      "train.en": "a cat\n\nthe dog\n" + "x" * 3000 + "\n",
+      "train.de": "eine Katze\nleer\nder Hund\nlang\n",
+      "val.en": "hello\n", "val.de": "hallo\n"})
+  data = data_config(tmp_path, dataset="parallel_text", source_dir=corpus_dir)
+  builder = datasets.prepare(data)
+  assert read_all(builder, data, "train") == [("a cat", "eine Katze"), ("the dog", "der Hund")]
+  assert read_all(builder, data, "val") == [("hello", "hallo")]
+  metadata = builder.info.metadata
+  assert metadata["dropped"]["train"] == {"empty": 1, "too_long": 1}
+  assert len(metadata["sha256"]["train.en"]) == 64
+
+  # Prepared once, then reused; a changed source file gives a new, separately built version.
+  assert datasets.make_builder(data).is_prepared()
+  write_corpus(corpus_dir, {"val.en": "hi\n"})
+  changed = datasets.make_builder(data)
+  assert changed.builder_config.name != builder.builder_config.name
+  assert not changed.is_prepared()
+  assert read_all(datasets.prepare(data), data, "val") == [("hi", "hallo")]
+
+
+def test_parallel_text_builder_from_tsv_and_carved_splits(tmp_path):
+  lines = "".join(f"sentence {i % 150}\tSatz {i}\n" for i in range(300))
+  corpus_dir = write_corpus(tmp_path / "tsv", {"all.tsv": lines})
+  data = data_config(tmp_path, dataset="parallel_text", source_dir=corpus_dir, carve_from="all")
+  builder = datasets.prepare(data)
+  splits = {name: read_all(builder, data, name) for name in ("train", "validation", "test")}
+  assert sum(len(pairs) for pairs in splits.values()) == 300
+  sources = {name: {source for source, _ in pairs} for name, pairs in splits.items()}
+  # Duplicate sources never straddle two splits.
+  assert not sources["train"] & sources["test"] and not sources["train"] & sources["validation"]
+  assert len(splits["train"]) > 200
+
+
+def test_multi30k(tmp_path):
+  data = data_config(tmp_path, dataset="parallel_text", source_dir=str(SHARED_DATA / "multi30k"))
+  builder = datasets.prepare(data)
+  counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
+  assert counts == {"train": 29000, "val": 1014, "test_2016_flickr": 1000,
+                    "test_2017_flickr": 1000}
+  first = next(iter(datasets.load_split(builder, data, "val").as_numpy_iterator()))
+  assert first["inputs"].decode().startswith("A group of men")
+
+
+def test_processes_read_disjoint_shards_covering_the_split(tmp_path):
+  data = data_config(tmp_path)
+  builder = datasets.prepare(data)
+  everything = read_all(builder, data, "train")
+  shards = [[(ex["inputs"], ex["targets"]) for ex in datasets.load_split(
+      builder, data, "train", process_index=i, process_count=2).as_numpy_iterator()]
+            for i in range(2)]
+  assert not set(shards[0]) & set(shards[1])
+  assert len(shards[0]) + len(shards[1]) == len(everything)
+  assert {(s.decode(), t.decode()) for s, t in shards[0] + shards[1]} == set(everything)
+
+
+def test_catalog_dataset_through_mock_data(tmp_path):
+  data = data_config(tmp_path, dataset="wmt14_translate/de-en")
+  with tfds.testing.mock_data(num_examples=6):
+    builder = datasets.make_builder(data)
+    examples = list(datasets.load_split(builder, data, "train").as_numpy_iterator())
+  assert len(examples) == 6 and set(examples[0]) == {"inputs", "targets"}
+
+
+# Bad input: one clear line naming the file, and nothing that looks prepared.
+
+def test_missing_directory(tmp_path):
+  data = data_config(tmp_path, dataset="parallel_text", source_dir=str(tmp_path / "nowhere"))
+  with pytest.raises(DataError, match=r"corpus directory .*nowhere does not exist"):
+    datasets.prepare(data)
+
+
+def test_missing_target_file(tmp_path):
+  corpus_dir = write_corpus(tmp_path / "c", {"train.en": "a\n"})
+  data = data_config(tmp_path, dataset="parallel_text", source_dir=corpus_dir)
+  with pytest.raises(DataError, match=r"train.en has no target-side file .*train.de"):
+    datasets.prepare(data)
+
+
+def test_line_count_mismatch_names_both_files(tmp_path):
+  corpus_dir = write_corpus(tmp_path / "c", {"train.en": "a\nb\nc\n", "train.de": "x\ny\n"})
+  data = data_config(tmp_path, dataset="parallel_text", source_dir=corpus_dir)
+  with pytest.raises(DataError, match=r"train.en has 3 lines but .*train.de has 2"):
+    datasets.prepare(data)
+
+
+def test_invalid_utf8_names_file_and_line_and_leaves_nothing(tmp_path):
+  corpus_dir = write_corpus(tmp_path / "c", {"train.en": b"ok\nbad \xff\xfe\n",
+                                             "train.de": "gut\nschlecht\n"})
+  data = data_config(tmp_path, dataset="parallel_text", source_dir=corpus_dir)
+  with pytest.raises(Exception, match=r"train.en:2: invalid UTF-8"):
+    datasets.prepare(data)
+  assert not datasets.make_builder(data).is_prepared()
+  prepared = list((tmp_path / "tfds").rglob("dataset_info.json"))
+  assert prepared == []
+
+
+def test_unknown_catalog_name(tmp_path):
+  data = data_config(tmp_path, dataset="wmt15_translat/de-en")
+  with pytest.raises(DataError, match=r"unknown tfds dataset 'wmt15_translat/de-en'.*list_builders"):
+    datasets.make_builder(data)
+
+
+def test_unwritable_data_dir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  data = data_config(tmp_path, data_dir=str(blocker / "tfds"))
+  with pytest.raises(DataError, match=r"config.data.data_dir .*file/tfds is not writable"):
+    datasets.prepare(data)
+
+
+def test_unknown_split_and_language(tmp_path):
+  data = data_config(tmp_path)
+  builder = datasets.prepare(data)
+  with pytest.raises(DataError, match="has no split 'dev'; it has"):
+    datasets.load_split(builder, data, "dev")
+  with pytest.raises(DataError, match="has languages en, de, not 'fr'"):
+    datasets.prepare(data_config(tmp_path, target_lang="fr"))

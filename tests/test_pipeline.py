@@ -1,0 +1,146 @@
+"""Packing, training stream determinism and resume, evaluation batches."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from clu.data import dataset_iterator
+
+from experiments.configs import common
+from transformer.data import datasets, inputs, pipeline
+from transformer.data.tokenizer import EOS_ID
+
+from test_data_sources import data_config
+
+
+def random_pairs(seed, count, max_length=9):
+  rng = np.random.RandomState(seed)
+  return [(rng.randint(3, 50, rng.randint(1, max_length)).astype(np.int32),
+           rng.randint(3, 50, rng.randint(1, max_length)).astype(np.int32))
+          for _ in range(count)]
+
+
+def as_dataset(pairs):
+  return tf.data.Dataset.from_generator(
+      lambda: ({"inputs": s, "targets": t} for s, t in pairs),
+      output_signature={"inputs": tf.TensorSpec([None], tf.int32),
+                        "targets": tf.TensorSpec([None], tf.int32)})
+
+
+def unpack(row, feature):
+  """The sentences of one packed row, checking segment ids and positions on the way."""
+  tokens, segments, positions = (row[feature], row[f"{feature}_segmentation"],
+                                 row[f"{feature}_position"])
+  sentences = []
+  for segment in range(1, segments.max() + 1):
+    where = np.flatnonzero(segments == segment)
+    assert np.all(np.diff(where) == 1), "a sentence is split or mixed with another"
+    np.testing.assert_array_equal(positions[where], np.arange(len(where)))
+    sentences.append(tuple(tokens[where]))
+  assert not np.any(tokens[segments == 0]) and not np.any(positions[segments == 0])
+  return sentences
+
+
+@pytest.mark.parametrize("bins, inputs_length", [(1, None), (16, None), (4, 12)])
+def test_packing_keeps_every_token_once_and_never_mixes_segments(bins, inputs_length):
+  pairs = random_pairs(0, 300)
+  rows = list(pipeline.pack(as_dataset(pairs), length=16, bins=bins,
+                            inputs_length=inputs_length).as_numpy_iterator())
+  unpacked = []
+  for row in rows:
+    assert row["inputs"].shape == (inputs_length or 16,) and row["targets"].shape == (16,)
+    sources, targets = unpack(row, "inputs"), unpack(row, "targets")
+    assert len(sources) == len(targets)
+    unpacked += list(zip(sources, targets))
+  expected = [(tuple(s), tuple(t)) for s, t in pairs]
+  if bins == 1:  # next fit keeps the order; only the last row stays open
+    assert unpacked == expected[:len(unpacked)]
+  # Every pair appears at most once, and only the pairs of the still-open rows are missing.
+  assert len(set(unpacked)) == len(unpacked) and set(unpacked) <= set(expected)
+  assert len(unpacked) >= len(expected) - bins * 16
+  # The side whose row fills up first is nearly full.
+  efficiency = max(np.mean([np.mean(row[f"{side}_segmentation"] > 0) for row in rows])
+                   for side in ("inputs", "targets"))
+  assert efficiency > (0.85 if bins > 1 else 0.6)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp("generated")
+  config = common.base_config()
+  config.data = data_config(tmp_path)
+  config.data.update(dict(packed_length=32, max_train_length=16, batch_size=4,
+                          eval_batch_size=8, shuffle_buffer=100))
+  config.tokenizer.update(dict(vocab_size=100, sample_size=200))
+  builder = datasets.prepare(config.data)
+  tokenizer = inputs.get_tokenizer(builder, config, str(tmp_path / "workdir"))
+  return config, builder, tokenizer
+
+
+def take(iterator, count):
+  return [next(iterator) for _ in range(count)]
+
+
+def test_training_batches_are_packed_and_seeded(generated):
+  config, builder, tokenizer = generated
+  stream = lambda seed: inputs.train_dataset(builder, config.copy_and_resolve_references(),
+                                             tokenizer).as_numpy_iterator()
+  first = take(stream(0), 3)
+  assert first[0]["inputs"].shape == (4, 32)
+  assert set(first[0]) == {"inputs", "targets", "inputs_segmentation", "targets_segmentation",
+                           "inputs_position", "targets_position"}
+  for batch, again in zip(first, take(stream(0), 3)):
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], again[key])
+  config.seed = 1
+  other = take(stream(1), 1)
+  config.seed = 0
+  assert not np.array_equal(other[0]["inputs"], first[0]["inputs"])
+
+
+def test_resume_continues_with_identical_batches(generated, tmp_path):
+  config, builder, tokenizer = generated
+  make = lambda: dataset_iterator.TfDatasetIterator(
+      inputs.train_dataset(builder, config, tokenizer), checkpoint=True)
+  uninterrupted = take(make(), 12)
+  interrupted = make()
+  take(interrupted, 5)
+  interrupted.save(tmp_path / "iterator")
+  resumed = make()
+  resumed.restore(tmp_path / "iterator")
+  for expected, got in zip(uninterrupted[5:], take(resumed, 7)):
+    for key in expected:
+      np.testing.assert_array_equal(expected[key], got[key])
+
+
+def test_evaluation_batches_keep_every_example(generated):
+  config, builder, tokenizer = generated
+  config.data.max_eval_length = 12
+  evaluation = inputs.eval_set(builder, config, tokenizer, "validation")
+  config.data.max_eval_length = 256
+  indices = np.concatenate([b["index"] for b in evaluation.batches])
+  assert sorted(indices[indices >= 0]) == list(range(20))
+  assert len(evaluation.sources) == 20 and len(evaluation.references) == 20
+  lengths = [np.sum(b["inputs"][b["index"] >= 0] > 0, axis=1).max() for b in evaluation.batches]
+  assert lengths == sorted(lengths)
+  for batch in evaluation.batches:
+    assert batch["inputs"].shape[1] <= 12
+    real = batch["index"] >= 0
+    for row, index in zip(batch["inputs"][real], batch["index"][real]):
+      ids = list(row[row > 0])
+      assert ids[-1] == EOS_ID
+      if len(ids) < 12:
+        assert tokenizer.decode(ids) == evaluation.sources[index]
+
+
+def test_evaluation_batches_same_count_on_every_process(generated):
+  config, builder, tokenizer = generated
+  counts = [len(inputs.eval_set(builder, config, tokenizer, "validation", i, 3).batches)
+            for i in range(3)]
+  assert len(set(counts)) == 1
+
+
+def test_max_length_must_fit_the_packed_row(generated):
+  config, builder, tokenizer = generated
+  with pytest.raises(ValueError, match=r"max_train_length \(40\) must not exceed"):
+    pipeline.training_dataset(tf.data.Dataset.range(1), tokenizer, max_length=40,
+                              packed_length=32, batch_size=2, shuffle_buffer=1, seed=0)

@@ -1,0 +1,50 @@
+"""SentencePiece: round trips, Chinese, special ids, reuse from the workdir."""
+
+import itertools
+
+import pytest
+
+from transformer.data import number_words
+from transformer.data import tokenizer as tokenizer_lib
+
+from test_data_sources import SHARED_DATA
+
+
+def number_texts(count=3000):
+  return itertools.chain.from_iterable(
+      (number_words.english(n), number_words.german(n)) for n in range(0, 300 * count, 300))
+
+
+def test_round_trip_and_special_ids():
+  tokenizer = tokenizer_lib.train(number_texts(), vocab_size=100)
+  texts = ["three hundred forty-two", "dreihundertzweiundvierzig", "null"]
+  encoded = tokenizer.encode(texts)
+  assert all(ids[-1] == tokenizer_lib.EOS_ID and tokenizer_lib.PAD_ID not in ids
+             for ids in encoded)
+  assert [tokenizer.decode(ids + [0, 0]) for ids in encoded] == texts
+  assert tokenizer.decode([5, tokenizer_lib.EOS_ID, 7]) == tokenizer.decode([5])
+
+
+def test_chinese_without_spaces_tokenizes_and_round_trips():
+  with open(SHARED_DATA / "tatoeba_cmn_eng" / "tatoeba.zh", encoding="utf-8") as handle:
+    sentences = [line.strip() for line in itertools.islice(handle, 0, 29000, 10)]
+  tokenizer = tokenizer_lib.train(sentences, vocab_size=3000, character_coverage=0.9995,
+                                  normalization="identity")
+  encoded = tokenizer.encode(sentences[:300])
+  unknown = sum(ids.count(tokenizer_lib.UNK_ID) for ids in encoded)
+  total = sum(len(ids) for ids in encoded)
+  assert unknown / total < 0.01
+  assert sum(len(ids) - 1 for ids in encoded) < sum(len(s) for s in sentences[:300])  # merges
+  assert [tokenizer.decode(ids) for ids in encoded] == sentences[:300]
+
+
+def test_trained_once_then_reused(tmp_path):
+  first = tokenizer_lib.load_or_train(str(tmp_path), number_texts(), 100, "bpe", 1.0)
+  again = tokenizer_lib.load_or_train(str(tmp_path), iter(["unused"]), 100, "bpe", 1.0)
+  assert again.model_proto == first.model_proto
+  assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_bad_model_type():
+  with pytest.raises(ValueError, match="config.tokenizer.model_type must be one of unigram, bpe"):
+    tokenizer_lib.train(["a"], 10, model_type="wordpiece")

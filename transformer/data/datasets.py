@@ -1,0 +1,90 @@
+"""Datasets by name: the tfds catalog, our `parallel_text` builder and the generated task.
+
+Every dataset comes out as `{"inputs": source text, "targets": target text}` examples, read by
+each process from its own share of the split.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ml_collections
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from transformer.data.builders import number_words as number_words_builder
+from transformer.data.builders import parallel_text
+from transformer.data.corpus import DataError
+
+GENERATED = "number_words"
+LOCAL = "parallel_text"
+
+
+def make_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The tfds builder for `data.dataset` (not yet prepared)."""
+  if data.dataset == GENERATED:
+    config = number_words_builder.config_for(data.generated.seed, data.generated.train_size,
+                                             data.generated.validation_size,
+                                             data.generated.test_size)
+    return number_words_builder.NumberWords(config=config, data_dir=data.data_dir or None)
+  if data.dataset == LOCAL:
+    if not data.source_dir:
+      raise DataError("config.data.source_dir must name the corpus directory for parallel_text")
+    config = parallel_text.config_for(os.path.abspath(os.path.expanduser(data.source_dir)),
+                                      data.source_lang, data.target_lang, data.carve_from)
+    return parallel_text.ParallelText(config=config, data_dir=data.data_dir or None)
+  try:
+    return tfds.builder(data.dataset, data_dir=data.data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DataError(
+        f"config.data.dataset: unknown tfds dataset '{data.dataset}'; list the catalog with "
+        "`python -c \"import tensorflow_datasets as tfds; print(tfds.list_builders())\"` or use "
+        f"'{GENERATED}' / '{LOCAL}'") from None
+
+
+def check_writable(data_dir: str) -> None:
+  """Fails early, naming the directory, when prepared data could not be written there."""
+  if not data_dir or data_dir.startswith("gs://"):
+    return
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=data_dir):
+      pass
+  except OSError as error:
+    raise DataError(f"config.data.data_dir {data_dir} is not writable: {error.strerror}") from None
+
+
+def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Makes the builder and prepares the dataset into `data.data_dir` unless already there.
+
+  tfds writes into a temporary directory and renames it when complete, so a failed build leaves
+  nothing that looks like a prepared dataset.
+  """
+  builder = make_builder(data)
+  check_writable(data.data_dir)
+  tfds.disable_progress_bar()
+  builder.download_and_prepare()
+  for pair_language in (data.source_lang, data.target_lang):
+    if pair_language not in builder.info.features:
+      raise DataError(f"config.data.source_lang/target_lang: dataset {data.dataset} has "
+                      f"languages {', '.join(builder.info.features)}, not '{pair_language}'")
+  return builder
+
+
+def load_split(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split: str,
+               process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """This process's share of `split` as `{"inputs", "targets"}` string examples, in file order.
+
+  Shares of different processes are disjoint and together cover the split.
+  """
+  known = builder.info.splits
+  if known and tfds.core.ReadInstruction.from_spec(split).split_name not in known:
+    raise DataError(f"dataset {builder.name} has no split '{split}'; it has "
+                    f"{', '.join(builder.info.splits)}")
+  shard = tfds.split_for_jax_process(split, process_index=process_index,
+                                     process_count=process_count)
+  dataset = builder.as_dataset(split=shard, shuffle_files=False,
+                               read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  return dataset.map(lambda ex: {"inputs": ex[data.source_lang], "targets": ex[data.target_lang]},
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

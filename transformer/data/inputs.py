@@ -1,0 +1,67 @@
+"""From the experiment config to ready inputs: prepared dataset, tokenizer, train and eval data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from transformer.data import datasets, pipeline
+from transformer.data import tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """A split ready for evaluation: padded batches plus the texts in split order."""
+
+  batches: list[dict[str, np.ndarray]]
+  sources: list[str]
+  references: list[str]
+
+
+def get_tokenizer(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
+                  workdir: str) -> tokenizer_lib.Tokenizer:
+  """The workdir's SentencePiece model, trained on a capped sample of the train split if absent."""
+  train = datasets.load_split(builder, config.data, config.data.train_split)
+  return tokenizer_lib.load_or_train(
+      workdir, pipeline.texts_for_tokenizer(train, config.tokenizer.sample_size),
+      vocab_size=config.tokenizer.vocab_size, model_type=config.tokenizer.model_type,
+      character_coverage=config.tokenizer.character_coverage,
+      byte_fallback=config.tokenizer.byte_fallback,
+      normalization=config.tokenizer.normalization)
+
+
+def train_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
+                  tokenizer: tokenizer_lib.Tokenizer, process_index: int = 0,
+                  process_count: int = 1) -> tf.data.Dataset:
+  """This process's endless stream of packed training batches (`batch_size` is per process)."""
+  data = config.data
+  if data.batch_size % process_count:
+    raise ValueError(f"config.data.batch_size ({data.batch_size}) must be divisible by the "
+                     f"number of processes ({process_count})")
+  split = datasets.load_split(builder, data, data.train_split, process_index, process_count)
+  return pipeline.training_dataset(
+      split, tokenizer, max_length=data.max_train_length, packed_length=data.packed_length,
+      batch_size=data.batch_size // process_count, shuffle_buffer=data.shuffle_buffer,
+      seed=config.seed + process_index, packed_inputs_length=data.packed_inputs_length)
+
+
+def eval_set(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
+             tokenizer: tokenizer_lib.Tokenizer, split: str, process_index: int = 0,
+             process_count: int = 1, max_examples: int | None = None) -> EvalSet:
+  """This process's share of `split` in length-sorted batches, the same count on every process."""
+  data = config.data
+  dataset = datasets.load_split(builder, data, split, process_index, process_count)
+  total = builder.info.splits[split].num_examples
+  if max_examples is not None:
+    dataset = dataset.take(-(-max_examples // process_count))
+    total = min(total, max_examples)
+  per_process = -(-total // process_count)
+  local_batch = data.eval_batch_size // process_count
+  batches, sources, references = pipeline.evaluation_batches(
+      dataset, tokenizer, batch_size=local_batch, max_length=data.max_eval_length,
+      num_batches=-(-per_process // local_batch))
+  return EvalSet(batches, sources, references)

@@ -1,0 +1,102 @@
+"""Dataset statistics: sentences and tokens per split, lengths, filtering, packing efficiency."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from transformer.data import datasets, pipeline
+from transformer.data.tokenizer import Tokenizer
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+
+def token_lengths(dataset: tf.data.Dataset, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
+  """Tokens per sentence (EOS included) of each side."""
+  lengths = {feature: [] for feature in pipeline.FEATURES}
+  for example in pipeline.tokenize(dataset, tokenizer).as_numpy_iterator():
+    for feature in pipeline.FEATURES:
+      lengths[feature].append(len(example[feature]))
+  return {feature: np.asarray(values) for feature, values in lengths.items()}
+
+
+def packing_efficiency(dataset: tf.data.Dataset, tokenizer: Tokenizer, max_length: int,
+                       packed_length: int, packed_inputs_length: int = 0) -> dict[str, float]:
+  """Non-pad fraction of packed rows over one pass of the split, per side."""
+  kept = pipeline.tokenize(dataset, tokenizer).filter(
+      lambda ex: pipeline.within_length(ex, max_length))
+  filled = {feature: [] for feature in pipeline.FEATURES}
+  packed = pipeline.pack(kept, packed_length, inputs_length=packed_inputs_length or None)
+  for row in packed.as_numpy_iterator():
+    for feature in pipeline.FEATURES:
+      filled[feature].append(np.mean(row[f"{feature}_segmentation"] > 0))
+  return {feature: float(np.mean(values)) if values else 0.0
+          for feature, values in filled.items()}
+
+
+def split_table(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict,
+                tokenizer: Tokenizer) -> tuple[list[dict[str, object]], dict[str, dict]]:
+  """One row of statistics per split, and the length arrays for plotting."""
+  rows, all_lengths = [], {}
+  for split in builder.info.splits:
+    lengths = token_lengths(datasets.load_split(builder, data, split), tokenizer)
+    source, target = lengths["inputs"], lengths["targets"]
+    too_long = np.mean((source > data.max_train_length) | (target > data.max_train_length))
+    rows.append({
+        "split": split, "pairs": len(source), "source tokens": int(source.sum()),
+        "target tokens": int(target.sum()), "mean source length": float(source.mean()),
+        "mean target length": float(target.mean()), "max length": int(max(source.max(),
+                                                                         target.max())),
+        "filtered (> max_train_length)": float(too_long)})
+    all_lengths[split] = lengths
+  return rows, all_lengths
+
+
+def plot_lengths(all_lengths: dict[str, dict], path: str) -> None:
+  """Histogram of token lengths per split and side, as a PNG."""
+  figure, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=False)
+  for axis, feature, title in zip(axes, pipeline.FEATURES, ("source", "target")):
+    for split, lengths in all_lengths.items():
+      axis.hist(lengths[feature], bins=range(0, int(lengths[feature].max()) + 2),
+                histtype="step", density=True, label=split)
+    axis.set_title(f"{title} length (tokens, EOS included)")
+    axis.set_xlabel("tokens")
+  axes[0].set_ylabel("fraction of sentences")
+  axes[1].legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def report(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
+           tokenizer: Tokenizer, output_dir: str) -> str:
+  """Markdown statistics of every split plus packing efficiency; writes `lengths.png`."""
+  data = config.data
+  rows, all_lengths = split_table(builder, data, tokenizer)
+  efficiency = packing_efficiency(datasets.load_split(builder, data, data.train_split),
+                                  tokenizer, data.max_train_length, data.packed_length,
+                                  data.packed_inputs_length)
+  headers = list(rows[0])
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  for row in rows:
+    cells = [f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+             for v in row.values()]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append(f"vocabulary: {tokenizer.vocab_size} SentencePiece pieces "
+               f"({config.tokenizer.model_type})")
+  lines.append(f"packing efficiency ({data.train_split}, rows of "
+               f"{data.packed_inputs_length or data.packed_length}/{data.packed_length}, "
+               f"max_train_length {data.max_train_length}): source "
+               f"{efficiency['inputs']:.3f}, target {efficiency['targets']:.3f}")
+  os.makedirs(output_dir, exist_ok=True)
+  plot_path = os.path.join(output_dir, "lengths.png")
+  plot_lengths(all_lengths, plot_path)
+  lines.append(f"length histogram: {plot_path}")
+  return "\n".join(lines)
