@@ -43,4 +43,32 @@ def base_config() -> ml_collections.ConfigDict:
       byte_fallback=False,  # unknown characters as UTF-8 bytes (needs vocab_size >= 259)
       normalization="nmt_nfkc",  # SentencePiece rule; identity keeps full-width punctuation
   ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=100_000,  # optimizer updates (base: 100k, big: 300k)
+      warmup_steps=4000,  # Sec. 5.3
+      learning_rate_factor=1.0,  # multiplies d_model^-0.5 * min(step^-0.5, step*warmup^-1.5)
+      adam_b1=0.9,  # Sec. 5.3
+      adam_b2=0.98,
+      adam_eps=1e-9,
+      weight_decay=0.0,  # decoupled (AdamW); the paper uses none
+      grad_clip_norm=0.0,  # global-norm clipping; 0 = off (the paper uses none)
+      grad_accum_steps=1,  # optax.MultiSteps: batches per update
+      label_smoothing=0.1,  # Sec. 5.4
+      log_every_steps=100,  # console/JSONL/TensorBoard metrics
+      eval_every_steps=1000,  # validation loss/perplexity
+      eval_max_examples=2000,  # validation examples used during training
+      checkpoint_every_steps=1000,  # asynchronous Orbax saves (and at the end)
+      keep_checkpoints=5,  # latest kept (the paper averages the last 5 / 20)
+      best_metric="eval_loss",  # metric naming the best checkpoint (kept as well)
+      best_mode="min",  # min | max
+      profile_steps=0,  # >0: jax.profiler trace of that many steps after step 10
+      peak_flops=0.0,  # per device, for MFU; 0 = known accelerator or a measured CPU matmul
+  ))
+
+  config.mesh = ml_collections.ConfigDict(dict(
+      data=-1,  # data parallelism (-1: all devices not used by the other axes)
+      fsdp=1,  # parameters and optimizer state sharded along d_model
+      tensor=1,  # Megatron-style: heads and d_ff split
+  ))
   return config

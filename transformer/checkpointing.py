@@ -1,0 +1,104 @@
+"""Orbax checkpoints: train state, data-iterator position, config and tokenizer in each step.
+
+Saves are asynchronous (the train state is written in the background; the tf.data iterator is
+saved synchronously, as it must be). Orbax writes each step into a temporary directory and
+renames it when complete, so an interrupted save is never restored.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+STATE, ITERATOR, METADATA = "state", "data_iterator", "metadata"
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+  """Saves each process's tf.data iterator (clu `TfDatasetIterator`) in its own file."""
+
+  def save(self, directory: epath.Path, args: "DataIteratorSave") -> None:
+    """Writes this process's iterator state."""
+    args.iterator.save(directory / f"process_{jax.process_index()}")
+
+  def restore(self, directory: epath.Path, args: "DataIteratorRestore") -> Any:
+    """Moves the given iterator to the saved position and returns it."""
+    args.iterator.restore(directory / f"process_{jax.process_index()}")
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+  """Orbax argument: the iterator to save."""
+
+  iterator: Any
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+  """Orbax argument: the iterator to restore into."""
+
+  iterator: Any
+
+
+def make_manager(directory: str, *, keep: int, save_every: int, best_metric: str,
+                 best_mode: str, keep_best: int = 1) -> ocp.CheckpointManager:
+  """A manager keeping the `keep` latest checkpoints and the `keep_best` best by `best_metric`."""
+  if best_mode not in ("min", "max"):
+    raise ValueError(f"config.train.best_mode must be one of min, max; got {best_mode!r}")
+  policy = preservation_policy.AnyPreservationPolicy([
+      preservation_policy.LatestN(n=keep),
+      preservation_policy.BestN(get_metric_fn=lambda metrics: metrics[best_metric],
+                                reverse=best_mode == "min", n=keep_best,
+                                keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=save_every, preservation_policy=policy, create=True,
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(epath.Path(directory), options=options,
+                               item_names=(STATE, ITERATOR, METADATA))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, iterator: Any,
+         metadata: dict[str, Any], metrics: dict[str, float] | None = None,
+         force: bool = False) -> bool:
+  """Starts saving `step` (asynchronously); returns whether a save was started."""
+  args = ocp.args.Composite(**{
+      STATE: ocp.args.StandardSave(state),
+      ITERATOR: DataIteratorSave(iterator),
+      METADATA: ocp.args.JsonSave(metadata),
+  })
+  return manager.save(step, args=args, metrics=metrics, force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+            iterator: Any | None = None) -> tuple[Any, dict[str, Any]]:
+  """Restores the state onto `abstract_state`'s shardings (any mesh) and the iterator position."""
+  items = {STATE: ocp.args.StandardRestore(abstract_state), METADATA: ocp.args.JsonRestore()}
+  if iterator is not None:
+    items[ITERATOR] = DataIteratorRestore(iterator)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored[STATE], restored[METADATA]
+
+
+def restore_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """Only the config and tokenizer of a checkpoint."""
+  restored = manager.restore(step, args=ocp.args.Composite(**{METADATA: ocp.args.JsonRestore()}))
+  return restored[METADATA]
+
+
+def encode_bytes(data: bytes) -> str:
+  """Bytes (the SentencePiece model) as text for the JSON metadata."""
+  return base64.b64encode(data).decode("ascii")
+
+
+def decode_bytes(text: str) -> bytes:
+  """Inverse of `encode_bytes`."""
+  return base64.b64decode(text.encode("ascii"))

@@ -1,0 +1,363 @@
+"""The training loop: owns I/O, logging, evaluation, checkpoints and preemption.
+
+`train_and_evaluate(config, workdir)` resumes from the workdir's latest checkpoint if there is
+one. The steps themselves are pure functions in `training.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorflow as tf
+from absl import logging
+from clu import metric_writers
+from clu.data import dataset_iterator
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from transformer import checkpointing, sharding, training
+from transformer import config as model_config_lib
+from transformer.data import datasets, inputs
+from transformer.data.tokenizer import Tokenizer
+from transformer.model import Transformer
+
+# Dense bf16 peak FLOP/s per device, for MFU (public spec sheets).
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12, "H200": 989e12,
+              "A100": 312e12}
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything derived from the config before the first step."""
+
+  mesh: Mesh
+  model: Transformer
+  schedule: optax.Schedule
+  optimizer: optax.GradientTransformation
+  state_shardings: Any
+  abstract_state: Any  # ShapeDtypeStructs carrying the shardings
+
+
+_POSITIVE_TRAIN_FIELDS = ("num_steps", "warmup_steps", "log_every_steps", "eval_every_steps",
+                          "checkpoint_every_steps", "keep_checkpoints", "grad_accum_steps",
+                          "eval_max_examples")
+_NON_NEGATIVE_TRAIN_FIELDS = ("learning_rate_factor", "weight_decay", "grad_clip_norm",
+                              "profile_steps", "peak_flops", "adam_eps")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first config field with an impossible value."""
+  train = config.train
+  for name in _POSITIVE_TRAIN_FIELDS:
+    if train[name] <= 0:
+      raise ValueError(f"config.train.{name} must be positive, got {train[name]}")
+  for name in _NON_NEGATIVE_TRAIN_FIELDS:
+    if train[name] < 0:
+      raise ValueError(f"config.train.{name} must not be negative, got {train[name]}")
+  for name in ("adam_b1", "adam_b2", "label_smoothing"):
+    if not 0.0 <= train[name] < 1.0:
+      raise ValueError(f"config.train.{name} must be in [0, 1), got {train[name]}")
+  for name in ("batch_size", "eval_batch_size", "packed_length", "max_train_length",
+               "max_eval_length", "shuffle_buffer"):
+    if config.data[name] <= 0:
+      raise ValueError(f"config.data.{name} must be positive, got {config.data[name]}")
+
+
+def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Setup:
+  """Model, optimizer, mesh and the sharded shape of the train state."""
+  validate(config)
+  fields = config.model.to_dict()
+  if vocab_size is not None and vocab_size > fields["vocab_size"]:
+    raise ValueError(f"config.model.vocab_size ({fields['vocab_size']}) is smaller than the "
+                     f"tokenizer's {vocab_size} pieces")
+  model_config = model_config_lib.from_dict(fields)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  model = Transformer(model_config)
+  schedule = training.paper_learning_rate(model_config.d_model, config.train.warmup_steps,
+                                          config.train.learning_rate_factor)
+  optimizer = training.make_optimizer(config.train, schedule)
+  batch = training.dummy_batch(1, config.data.packed_length, config.data.packed_inputs_length)
+  init = functools.partial(training.init_state, model, optimizer, config.seed, batch)
+  boxed = jax.eval_shape(init)
+  state_shardings = sharding.tree_shardings(boxed, mesh)
+  abstract_state = jax.tree.map(
+      lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
+      nn.unbox(boxed), state_shardings)
+  return Setup(mesh, model, schedule, optimizer, state_shardings, abstract_state)
+
+
+def initial_state(setup: Setup, config: ml_collections.ConfigDict) -> training.TrainState:
+  """Parameters born sharded: `jax.jit(init, out_shardings=...)`."""
+  batch = training.dummy_batch(1, config.data.packed_length, config.data.packed_inputs_length)
+  init = lambda: nn.unbox(training.init_state(setup.model, setup.optimizer, config.seed, batch))
+  return jax.jit(init, out_shardings=setup.state_shardings)()
+
+
+def compiled_train_step(setup: Setup, config: ml_collections.ConfigDict):
+  """The train step jitted once with explicit shardings; the state buffer is donated."""
+  step = functools.partial(training.train_step, model=setup.model, optimizer=setup.optimizer,
+                           schedule=setup.schedule,
+                           label_smoothing=config.train.label_smoothing)
+  replicated = NamedSharding(setup.mesh, PartitionSpec())
+  return jax.jit(step, in_shardings=(setup.state_shardings, sharding.batch_sharding(setup.mesh)),
+                 out_shardings=(setup.state_shardings, replicated), donate_argnums=0)
+
+
+def compiled_eval_step(setup: Setup, config: ml_collections.ConfigDict):
+  """The eval step, jitted with the parameters' shardings."""
+  step = functools.partial(training.eval_step, model=setup.model,
+                           label_smoothing=config.train.label_smoothing)
+  return jax.jit(step, in_shardings=(setup.state_shardings.params,
+                                     sharding.batch_sharding(setup.mesh)))
+
+
+def compile_report(config: ml_collections.ConfigDict) -> str:
+  """Compiles the train step for the configured model, batch and mesh without training.
+
+  Reports per-device memory (`memory_analysis`) and FLOPs per step (`cost_analysis`) so that
+  whether a run fits is known before an accelerator is paid for.
+  """
+  setup = make_setup(config)
+  data = config.data
+  batch_sharding = sharding.batch_sharding(setup.mesh)
+  batch = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((data.batch_size,) + x.shape[1:], x.dtype,
+                                     sharding=batch_sharding),
+      training.dummy_batch(1, data.packed_length, data.packed_inputs_length))
+  compiled = compiled_train_step(setup, config).lower(setup.abstract_state, batch).compile()
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis() or {}
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state.params))
+  gib = lambda n: f"{n / 2**30:.3f} GiB"
+  lines = [f"mesh {dict(setup.mesh.shape)} on {len(jax.devices())} {jax.devices()[0].platform} "
+           f"device(s); {params:,d} parameters",
+           f"batch: {data.batch_size} rows x {data.packed_length} tokens per side",
+           f"FLOPs per step: {float(cost.get('flops', 0.0)):.4g}"]
+  if memory is not None:
+    lines += [f"per-device memory: arguments {gib(memory.argument_size_in_bytes)}, outputs "
+              f"{gib(memory.output_size_in_bytes)}, temporaries {gib(memory.temp_size_in_bytes)}, "
+              f"aliased {gib(memory.alias_size_in_bytes)}, code "
+              f"{gib(memory.generated_code_size_in_bytes)}"]
+  return "\n".join(lines)
+
+
+def measured_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a large jitted float32 matmul on this host (the CPU's practical peak)."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    matmul(a).block_until_ready()
+  return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def peak_flops(configured: float) -> float:
+  """Peak FLOP/s of all devices together: configured, from the spec table, or measured (CPU)."""
+  devices = jax.devices()
+  if configured > 0:
+    return configured * len(devices)
+  if devices[0].platform == "cpu":  # simulated CPU devices share the same cores
+    return measured_cpu_peak_flops()
+  kind = devices[0].device_kind
+  per_device = next((flops for name, flops in PEAK_FLOPS.items() if name in kind), 0.0)
+  return per_device * len(devices)
+
+
+class MetricsLog:
+  """JSONL file plus TensorBoard summaries (written by process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.is_writer = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer)
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    """Appends one record and writes the scalars."""
+    self.writer.write_scalars(step, metrics)
+    if self.is_writer:
+      with tf.io.gfile.GFile(self.path, "a") as handle:
+        handle.write(json.dumps({"step": step, **metrics}) + "\n")
+
+  def close(self) -> None:
+    """Flushes the summaries."""
+    self.writer.flush()
+    self.writer.close()
+
+
+def evaluate(eval_step, params: Any, evaluation: inputs.EvalSet, mesh: Mesh) -> dict[str, float]:
+  """Validation loss, perplexity and accuracy over an evaluation set."""
+  totals: dict[str, float] = {}
+  for batch in evaluation.batches:
+    features = {k: v for k, v in batch.items() if k in ("inputs", "targets")}
+    sums = jax.device_get(eval_step(params, sharding.global_batch(features, mesh)))
+    for key, value in sums.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  weight = max(totals["weight"], 1.0)
+  return {"eval_loss": totals["loss_sum"] / weight,
+          "eval_perplexity": math.exp(min(totals["nll_sum"] / weight, 50.0)),
+          "eval_accuracy": totals["correct"] / weight}
+
+
+def prepare_inputs(config: ml_collections.ConfigDict, workdir: str):
+  """Builds the dataset and tokenizer on process 0 first, then everywhere."""
+  if jax.process_index() == 0:
+    datasets.prepare(config.data)
+    inputs.get_tokenizer(datasets.make_builder(config.data), config, workdir)
+  multihost_utils.sync_global_devices("inputs prepared")
+  builder = datasets.prepare(config.data)
+  return builder, inputs.get_tokenizer(builder, config, workdir)
+
+
+def checkpoint_metadata(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict:
+  """The config and tokenizer that travel with every checkpoint."""
+  return {"config": json.loads(config.to_json_best_effort()),
+          "tokenizer": checkpointing.encode_bytes(tokenizer.model_proto)}
+
+
+class Preemption:
+  """Turns SIGTERM (TPU preemption, `kill`) into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self) -> None:
+    """Puts the previous handler back."""
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite(pending: list[tuple[int, jax.Array]], last_checkpoint: int | None) -> None:
+  """Raises FloatingPointError naming the first step whose loss is NaN or infinite."""
+  for step, loss in pending:
+    value = float(loss)
+    if not math.isfinite(value):
+      raise FloatingPointError(f"training loss became {value} at step {step}; stopping. The last "
+                               f"good checkpoint is step {last_checkpoint}")
+  pending.clear()
+
+
+def report(line: str) -> None:
+  """Prints a progress line on process 0 (and logs it everywhere)."""
+  logging.info("%s", line)
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
+def progress_line(step: int, total: int, metrics: dict[str, float], elapsed: float) -> str:
+  """One console line: step, loss, accuracy, learning rate, throughput, MFU and ETA."""
+  eta = (total - step) / max(metrics["steps_per_sec"], 1e-9)
+  return (f"step {step}/{total} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.3f} "
+          f"lr {metrics['learning_rate']:.2e} | {metrics['steps_per_sec']:.2f} steps/s "
+          f"{metrics['tokens_per_sec']:,.0f} tok/s MFU {metrics['mfu']:.1%} | "
+          f"elapsed {elapsed / 60:.1f} min ETA {eta / 60:.1f} min")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config.train.num_steps` updates (resuming if possible); returns the last metrics."""
+  tf.io.gfile.makedirs(workdir)
+  builder, tokenizer = prepare_inputs(config, workdir)
+  setup = make_setup(config, tokenizer.vocab_size)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  train_iterator = dataset_iterator.TfDatasetIterator(
+      inputs.train_dataset(builder, config, tokenizer, process_index, process_count),
+      checkpoint=True)
+  evaluation = inputs.eval_set(builder, config, tokenizer, config.data.eval_split, process_index,
+                               process_count, max_examples=config.train.eval_max_examples)
+  manager = checkpointing.make_manager(
+      os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+      save_every=config.train.checkpoint_every_steps, best_metric=config.train.best_metric,
+      best_mode=config.train.best_mode)
+  metadata = checkpoint_metadata(config, tokenizer)
+  latest = manager.latest_step()
+  if latest is not None:
+    state, _ = checkpointing.restore(manager, latest, setup.abstract_state, train_iterator)
+    report(f"resumed from the checkpoint at step {latest}")
+  else:
+    state = initial_state(setup, config)
+
+  train_step = compiled_train_step(setup, config)
+  eval_step = compiled_eval_step(setup, config)
+  first_batch = sharding.global_batch(next(train_iterator), setup.mesh)
+  compiled = train_step.lower(state, first_batch).compile()
+  flops_per_step = float((compiled.cost_analysis() or {}).get("flops", 0.0))
+  total_peak = peak_flops(config.train.peak_flops)
+  log = MetricsLog(workdir)
+  preemption = Preemption()
+  pending_losses: list[tuple[int, jax.Array]] = []
+  accumulated: dict[str, jax.Array] = {}
+  step = int(state.step)
+  num_steps = config.train.num_steps
+  start_time = interval_start = time.perf_counter()
+  interval_steps, last_metrics = 0, {}
+  batch = first_batch
+  try:
+    while step < num_steps:
+      if config.train.profile_steps and step == 10:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      state, step_metrics = compiled(state, batch)
+      step += 1
+      interval_steps += 1
+      pending_losses.append((step, step_metrics["loss_sum"]))
+      accumulated = jax.tree.map(jnp.add, accumulated, step_metrics) if accumulated else \
+          step_metrics
+      if config.train.profile_steps and step == 10 + config.train.profile_steps:
+        jax.profiler.stop_trace()
+      last_step = step == num_steps
+      if step % config.train.log_every_steps == 0 or last_step:
+        check_finite(pending_losses, manager.latest_step())
+        sums = jax.device_get(accumulated)
+        elapsed = time.perf_counter() - interval_start
+        weight = max(float(sums["weight"]), 1.0)
+        last_metrics = {
+            "loss": float(sums["loss_sum"]) / weight,
+            "accuracy": float(sums["correct"]) / weight,
+            "learning_rate": float(step_metrics["learning_rate"]),
+            "grad_norm": float(sums["grad_norm"]) / interval_steps,
+            "steps_per_sec": interval_steps / elapsed,
+            "tokens_per_sec": float(sums["weight"]) / elapsed,
+            "mfu": flops_per_step * interval_steps / elapsed / total_peak if total_peak else 0.0,
+        }
+        log.write(step, last_metrics)
+        report(progress_line(step, num_steps, last_metrics, time.perf_counter() - start_time))
+        accumulated, interval_steps, interval_start = {}, 0, time.perf_counter()
+      eval_metrics = None
+      if step % config.train.eval_every_steps == 0 or last_step:
+        eval_metrics = evaluate(eval_step, state.params, evaluation, setup.mesh)
+        log.write(step, eval_metrics)
+        report(f"step {step} validation: " +
+               " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+        last_metrics.update(eval_metrics)
+      if (step % config.train.checkpoint_every_steps == 0 or last_step
+          or preemption.requested):
+        check_finite(pending_losses, manager.latest_step())
+        checkpointing.save(manager, step, state, train_iterator, metadata,
+                           metrics=eval_metrics, force=True)
+      if preemption.requested:
+        report(f"SIGTERM received: saved a checkpoint at step {step}, exiting")
+        break
+      if not last_step:
+        batch = sharding.global_batch(next(train_iterator), setup.mesh)
+  finally:
+    manager.wait_until_finished()
+    preemption.restore()
+    log.close()
+  return last_metrics

@@ -1,0 +1,123 @@
+"""Optimizer, schedule, train state and the pure train/eval steps (Sec. 5.3, 5.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from transformer import losses
+from transformer.model import Transformer
+
+Batch = dict[str, jnp.ndarray]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (and is checkpointed)."""
+
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+  rng: jnp.ndarray  # base dropout key; each step folds in its step number
+
+
+def paper_learning_rate(d_model: int, warmup_steps: int, factor: float = 1.0
+                        ) -> optax.Schedule:
+  """lrate = factor * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)  (Sec. 5.3).
+
+  Steps count from 1 as in the paper, so optax's update count 0 is step 1.
+  """
+  peak = factor * d_model**-0.5 * warmup_steps**-0.5
+  warmup = optax.linear_schedule(peak / warmup_steps, peak, max(warmup_steps - 1, 1))
+  decay = lambda count: peak * jnp.sqrt(warmup_steps / (count + warmup_steps))
+  return optax.join_schedules([warmup, decay], boundaries=[warmup_steps - 1])
+
+
+def make_optimizer(train: ml_collections.ConfigDict, schedule: optax.Schedule
+                   ) -> optax.GradientTransformation:
+  """Adam with the paper's betas/epsilon, optional clipping, weight decay and accumulation."""
+  parts = []
+  if train.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(train.grad_clip_norm))
+  parts.append(optax.adamw(schedule, b1=train.adam_b1, b2=train.adam_b2, eps=train.adam_eps,
+                           weight_decay=train.weight_decay))
+  optimizer = optax.chain(*parts)
+  if train.grad_accum_steps > 1:
+    optimizer = optax.MultiSteps(optimizer, every_k_schedule=train.grad_accum_steps)
+  return optimizer
+
+
+def dummy_batch(batch_size: int, length: int, inputs_length: int | None = None) -> Batch:
+  """Zeros shaped like a packed training batch (for initialization and compilation)."""
+  inputs_length = inputs_length or length
+  shapes = {"inputs": inputs_length, "targets": length}
+  batch = {}
+  for feature, feature_length in shapes.items():
+    for suffix in ("", "_segmentation", "_position"):
+      batch[feature + suffix] = jnp.zeros((batch_size, feature_length), jnp.int32)
+  return batch
+
+
+def init_state(model: Transformer, optimizer: optax.GradientTransformation, seed: int,
+               batch: Batch) -> TrainState:
+  """Initial (boxed, logically partitioned) state; jit it with `out_shardings`."""
+  params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init(params_rng, batch["inputs"][:1], batch["targets"][:1])["params"]
+  return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                    opt_state=optimizer.init(params), rng=dropout_rng)
+
+
+def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
+  return dict(inputs_segmentation=batch.get("inputs_segmentation"),
+              targets_segmentation=batch.get("targets_segmentation"),
+              inputs_positions=batch.get("inputs_position"),
+              targets_positions=batch.get("targets_position"))
+
+
+def target_weights(batch: Batch) -> jnp.ndarray:
+  """1 for real target tokens, 0 for padding."""
+  if "targets_segmentation" in batch:
+    return (batch["targets_segmentation"] > 0).astype(jnp.float32)
+  return (batch["targets"] > 0).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: Batch, *, model: Transformer,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               label_smoothing: float) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One optimizer update on a batch: `(state, batch) -> (state, metric sums)`."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  weights = target_weights(batch)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
+                         **_model_inputs(batch), deterministic=False,
+                         rngs={"dropout": dropout_rng})
+    loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"],
+                                                               weights, label_smoothing)
+    return loss_sum / jnp.maximum(weight_sum, 1.0), (logits, loss_sum)
+
+  (_, (logits, loss_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  correct, weight_sum = losses.accuracy(logits, batch["targets"], weights)
+  metrics = {"loss_sum": loss_sum, "correct": correct, "weight": weight_sum,
+             "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch: Batch, *, model: Transformer, label_smoothing: float
+              ) -> dict[str, jnp.ndarray]:
+  """Sums of smoothed loss, negative log-likelihood and correct tokens over a batch."""
+  logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
+                       **_model_inputs(batch), deterministic=True)
+  weights = target_weights(batch)
+  loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"], weights,
+                                                             label_smoothing)
+  nll_sum, _ = losses.cross_entropy(logits, batch["targets"], weights)
+  correct, _ = losses.accuracy(logits, batch["targets"], weights)
+  return {"loss_sum": loss_sum, "nll_sum": nll_sum, "correct": correct, "weight": weight_sum}
