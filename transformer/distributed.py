@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import jax
 
 
@@ -22,12 +26,25 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     raise StartupError(f"--process_id must be in [0, {num_processes}), got {process_id}")
   # CPU processes need a collectives backend of their own; harmless on TPU and GPU.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  message = (f"process {process_id} could not join {num_processes} processes at "
+             f"{coordinator_address} within {timeout_seconds}s: a process is missing or the "
+             "coordinator is unreachable (check that every worker runs the same command)")
+  # JAX's coordination service aborts the process with a C++ stack trace when the deadline
+  # passes; this watchdog says what is wrong first and exits cleanly.
+  watchdog = threading.Timer(timeout_seconds, _exit_with, args=(message,))
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
-                               initialization_timeout=timeout_seconds)
+                               initialization_timeout=timeout_seconds + 60)
   except Exception as error:  # jaxlib raises XlaRuntimeError subclasses, not a public type
-    raise StartupError(
-        f"process {process_id} could not join {num_processes} processes at "
-        f"{coordinator_address} within {timeout_seconds}s (a process is missing or the "
-        f"coordinator is unreachable): {str(error).splitlines()[0]}") from None
+    raise StartupError(f"{message}; {str(error).splitlines()[0]}") from None
+  finally:
+    watchdog.cancel()
+
+
+def _exit_with(message: str) -> None:
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  os._exit(1)

@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -77,15 +77,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.data.{name} must be positive, got {config.data[name]}")
 
 
-def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> Setup:
-  """Model, optimizer, mesh and the sharded shape of the train state."""
+def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,
+               devices: Sequence[jax.Device] | None = None) -> Setup:
+  """Model, optimizer, mesh (over `devices`, default all) and the train state's sharded shape."""
   validate(config)
   fields = config.model.to_dict()
   if vocab_size is not None and vocab_size > fields["vocab_size"]:
     raise ValueError(f"config.model.vocab_size ({fields['vocab_size']}) is smaller than the "
                      f"tokenizer's {vocab_size} pieces")
   model_config = model_config_lib.from_dict(fields)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
   model = Transformer(model_config)
   schedule = training.paper_learning_rate(model_config.d_model, config.train.warmup_steps,
                                           config.train.learning_rate_factor)
@@ -183,7 +184,8 @@ class MetricsLog:
 
   def __init__(self, workdir: str):
     self.is_writer = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer)
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer,
+                                                       asynchronous=False)
     self.path = os.path.join(workdir, "metrics.jsonl")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:

@@ -1,0 +1,313 @@
+"""Schedule, loss, sharding equivalence, learning, checkpoints and the loop's failure modes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import checkpointing, losses, run, sharding, training
+
+import tiny_config as tiny_config_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paper_learning_rate_matches_the_formula():
+  schedule = training.paper_learning_rate(d_model=512, warmup_steps=4000)
+  for count in [0, 1, 100, 3998, 3999, 4000, 10_000, 99_999]:
+    step = count + 1
+    expected = 512**-0.5 * min(step**-0.5, step * 4000**-1.5)
+    np.testing.assert_allclose(float(schedule(count)), expected, rtol=1e-5)
+  doubled = training.paper_learning_rate(512, 4000, factor=2.0)
+  np.testing.assert_allclose(float(doubled(10)), 2 * float(schedule(10)), rtol=1e-6)
+
+
+def test_label_smoothed_cross_entropy_matches_numpy():
+  rng = np.random.RandomState(0)
+  logits = rng.randn(2, 3, 7).astype(np.float32)
+  targets = rng.randint(0, 7, (2, 3))
+  weights = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+  smoothing = 0.1
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  soft = np.full((2, 3, 7), smoothing / 6)
+  for b in range(2):
+    for t in range(3):
+      soft[b, t, targets[b, t]] = 1 - smoothing
+  entropy = -(soft * np.log(soft)).sum(-1)
+  expected = ((-(soft * log_probs).sum(-1) - entropy) * weights).sum()
+  loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, targets, weights, smoothing)
+  np.testing.assert_allclose(loss_sum, expected, rtol=1e-5)
+  assert float(weight_sum) == 3.0
+  nll, _ = losses.cross_entropy(logits, targets, weights)
+  picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(nll, -(picked * weights).sum(), rtol=1e-5)
+  correct, _ = losses.accuracy(logits, targets, weights)
+  assert float(correct) == ((logits.argmax(-1) == targets) * weights).sum()
+
+
+def tiny_config(data_dir, **train):
+  config = tiny_config_file.get_config()
+  config.data.data_dir = str(data_dir)
+  config.train.update(train)
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+def fixed_batches(count, rows=16, length=32, seed=0):
+  rng = np.random.RandomState(seed)
+  batches = []
+  for _ in range(count):
+    batch = {k: np.array(v) for k, v in training.dummy_batch(rows, length).items()}
+    for feature in ("inputs", "targets"):
+      lengths = rng.randint(4, length, rows)
+      for row, n in enumerate(lengths):
+        batch[feature][row, :n] = rng.randint(3, 128, n)
+        batch[f"{feature}_segmentation"][row, :n] = 1
+        batch[f"{feature}_position"][row, :n] = np.arange(n)
+    batches.append(batch)
+  return batches
+
+
+def losses_on_mesh(config, mesh_shape, devices, batches):
+  """Per-step training losses on `batches` with the given mesh."""
+  config = config.copy_and_resolve_references()
+  config.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
+  setup = run.make_setup(config, devices=devices)
+  state = run.initial_state(setup, config)
+  step = run.compiled_train_step(setup, config)
+  result = []
+  for batch in batches:
+    state, metrics = step(state, sharding.global_batch(batch, setup.mesh))
+    result.append(float(metrics["loss_sum"]) / float(metrics["weight"]))
+  return result, state
+
+
+def test_sharding_is_only_a_layout(data_dir):
+  config = tiny_config(data_dir, warmup_steps=2)
+  batches = fixed_batches(3)
+  reference, _ = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  assert reference[-1] < reference[0]
+  for mesh_shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]:
+    got, state = losses_on_mesh(config, mesh_shape, jax.devices(), batches)
+    np.testing.assert_allclose(got, reference, rtol=2e-5, err_msg=str(mesh_shape))
+  # FSDP and tensor parallelism really split the parameters.
+  query = state.params["encoder"]["layers"]["layer_0"]["self_attention"]["query"]["kernel"]
+  assert query.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+
+
+def test_bfloat16_training_step_is_finite_and_close(data_dir):
+  config = tiny_config(data_dir, warmup_steps=2)
+  batches = fixed_batches(2)
+  full, _ = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  config.model.dtype = "bfloat16"
+  half, state = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  assert np.all(np.isfinite(half))
+  np.testing.assert_allclose(half, full, rtol=3e-2)
+  assert jax.tree.leaves(state.params)[0].dtype == jnp.float32  # parameters stay float32
+
+
+def test_mesh_errors():
+  with pytest.raises(ValueError, match=r"config.mesh: 8 devices cannot be split into data=-1 fsdp=3"):
+    sharding.make_mesh(-1, 3, 1)
+  with pytest.raises(ValueError, match=r"does not match the 8 available devices"):
+    sharding.make_mesh(2, 2, 1)
+  with pytest.raises(ValueError, match=r"config.mesh.tensor must be a positive size or -1"):
+    sharding.make_mesh(-1, 1, 0)
+
+
+def test_restore_onto_a_different_mesh(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  config.mesh.update(dict(data=8, fsdp=1, tensor=1))
+  saved_setup = run.make_setup(config)
+  state = run.initial_state(saved_setup, config)
+  manager = checkpointing.make_manager(str(tmp_path), keep=2, save_every=1,
+                                       best_metric="eval_loss", best_mode="min")
+  iterator = _FakeIterator()
+  checkpointing.save(manager, 1, state, iterator, {"note": "x"}, force=True)
+  manager.wait_until_finished()
+  config.mesh.update(dict(data=2, fsdp=4, tensor=1))
+  restored_setup = run.make_setup(config)
+  restored, metadata = checkpointing.restore(manager, 1, restored_setup.abstract_state,
+                                             _FakeIterator())
+  assert metadata == {"note": "x"}
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               state, restored)
+  kernel = restored.params["decoder"]["layers"]["layer_0"]["feed_forward"]["wi"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+class _FakeIterator:
+  """Stands in for the data iterator in checkpoint-only tests."""
+
+  def save(self, path):
+    path.write_text("position")
+
+  def restore(self, path):
+    assert path.read_text() == "position"
+
+
+# The loop, run as users run it: `python -m transformer.main` in a subprocess.
+
+def main_command(workdir, data_dir, *overrides):
+  return [sys.executable, "-m", "transformer.main", "--config=tests/tiny_config.py",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides]
+
+
+def subprocess_env(devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+  return env
+
+
+def run_main(workdir, data_dir, *overrides, devices=1):
+  return subprocess.run(main_command(workdir, data_dir, *overrides), cwd=REPO, env=subprocess_env(devices),
+                        capture_output=True, text=True, timeout=300)
+
+
+def logged_losses(workdir):
+  """step -> training loss, the last record winning (a resumed run repeats steps)."""
+  result = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as handle:
+    for line in handle:
+      record = json.loads(line)
+      if "loss" in record:
+        result[record["step"]] = record["loss"]
+  return result
+
+
+def wait_for(predicate, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return
+    time.sleep(0.02)
+  raise TimeoutError("condition not reached")
+
+
+def max_logged_step(workdir):
+  try:
+    return max(logged_losses(workdir), default=0)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return 0
+
+
+def test_training_learns_and_killed_run_resumes_exactly(data_dir, tmp_path):
+  reference = run_main(tmp_path / "reference", data_dir, "--config.train.num_steps=40")
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  expected = logged_losses(tmp_path / "reference")
+  assert sorted(expected) == list(range(1, 41))
+  assert np.mean([expected[s] for s in range(36, 41)]) < 0.75 * expected[1]  # it learns
+  assert "validation: eval_loss" in reference.stdout
+
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(main_command(workdir, data_dir, "--config.train.num_steps=40"),
+                             cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  wait_for(lambda: os.path.isdir(workdir / "checkpoints" / "10") and max_logged_step(workdir) >= 12)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert max_logged_step(workdir) < 40, "the run finished before it was killed"
+  resumed = run_main(workdir, data_dir, "--config.train.num_steps=40")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from the checkpoint at step" in resumed.stdout
+  got = logged_losses(workdir)
+  assert sorted(got) == sorted(expected)
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
+                             rtol=1e-6)
+
+
+def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
+  process = subprocess.Popen(main_command(tmp_path, data_dir, "--config.train.num_steps=100000"),
+                             cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  wait_for(lambda: max_logged_step(tmp_path) >= 5)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=60)
+  assert process.returncode == 0, output[-2000:]
+  assert "SIGTERM received: saved a checkpoint at step" in output
+  stopped_at = max_logged_step(tmp_path)
+  assert stopped_at < 100000
+  manager = checkpointing.make_manager(str(tmp_path / "checkpoints"), keep=5, save_every=10,
+                                       best_metric="eval_loss", best_mode="min")
+  assert manager.latest_step() == stopped_at
+
+
+def test_interrupted_save_is_never_restored(data_dir, tmp_path):
+  assert run_main(tmp_path, data_dir, "--config.train.num_steps=10").returncode == 0
+  checkpoints = tmp_path / "checkpoints"
+  # What a save killed half-way leaves behind: Orbax's temporary directory, never renamed.
+  partial = checkpoints / "20.orbax-checkpoint-tmp-1234567890"
+  partial.mkdir()
+  (partial / "state").mkdir()
+  resumed = run_main(tmp_path, data_dir, "--config.train.num_steps=12")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from the checkpoint at step 10" in resumed.stdout
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+  result = run_main(tmp_path, data_dir, "--config.train.learning_rate_factor=1e30",
+                    "--config.train.checkpoint_every_steps=1")
+  assert result.returncode != 0
+  message = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert message and "training loss became nan at step" in message[0], result.stderr[-2000:]
+  bad_step = int(message[0].split("at step ")[1].split(";")[0])
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert all(step < bad_step for step in saved)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.train.nmu_steps=3", "nmu_steps"),
+    ("--config.train.num_steps=abc", "num_steps"),
+    ("--config.model.dropout_rate=-0.1", "error: ModelConfig.dropout_rate must be in [0, 1)"),
+    ("--config.train.label_smoothing=1.5", "error: config.train.label_smoothing must be in [0, 1)"),
+    ("--config.mesh.data=3", "error: config.mesh: data*fsdp*tensor = 3*1*1 does not match"),
+])
+def test_bad_config_is_a_one_line_error(data_dir, tmp_path, override, message):
+  result = run_main(tmp_path, data_dir, override, "--mode=compile")
+  assert result.returncode != 0
+  assert message in result.stderr
+
+
+def test_compile_mode_reports_memory_and_flops(data_dir, tmp_path):
+  result = run_main(tmp_path, data_dir, "--mode=compile", devices=8)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in result.stdout
+  assert "FLOPs per step:" in result.stdout and "per-device memory: arguments" in result.stdout
+
+
+def test_two_processes_train_like_one(data_dir):
+  port = 20000 + os.getpid() % 20000
+  worker = os.path.join(REPO, "tests", "multihost_worker.py")
+  processes = [subprocess.Popen([sys.executable, worker, str(i), "2", str(port)], cwd=REPO,
+                                env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for process, (out, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert [r["devices"] for r in results] == [4, 4]
+  config = tiny_config(data_dir, warmup_steps=2)
+  reference, _ = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], fixed_batches(3))
+  for result in results:
+    np.testing.assert_allclose(result["losses"], reference, rtol=2e-5)
+
+
+def test_missing_process_fails_fast(tmp_path):
+  port = 40000 + os.getpid() % 20000
+  worker = os.path.join(REPO, "tests", "multihost_worker.py")
+  result = subprocess.run([sys.executable, worker, "0", "2", str(port), "5"], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode != 0
+  assert "could not join 2 processes at 127.0.0.1" in result.stderr
