@@ -5,23 +5,38 @@ Intentionally short, and the only module that reads flags; everything else takes
 
 from __future__ import annotations
 
+import os
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import config as model_config
-from transformer import describe, distributed, run
+from transformer import commands, describe, distributed, run
 from transformer.data import datasets, inputs, stats
 from transformer.data.corpus import DataError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/smoke.py", "Experiment config file (get_config()).",
     lock_config=True)
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "compile", "describe", "data_stats"],
-                          "train: train and evaluate (resumes from --workdir); compile: compile "
-                          "the train step and report its memory and FLOPs; describe: parameter "
-                          "counts and a forward pass; data_stats: dataset statistics.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train",
+    ["train", "evaluate", "translate", "average", "attention", "compile", "describe",
+     "data_stats"],
+    "train: train and evaluate (resumes from --workdir); evaluate: decode a split or file pair "
+    "and report sacreBLEU/chrF; translate: --input to --output; average: average the last "
+    "checkpoints; attention: heatmaps for --sentence; compile: compile the train step and report "
+    "its memory and FLOPs; describe: parameter counts and a forward pass; data_stats: dataset "
+    "statistics.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory (local or gs://): tokenizer, "
                                "checkpoints, metrics.")
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints to evaluate/translate "
+                                      "with (default WORKDIR/checkpoints; WORKDIR/averaged after "
+                                      "--mode=average).")
+_INPUT = flags.DEFINE_string("input", "-", "translate: input file, one sentence per line "
+                             "('-' = stdin).")
+_OUTPUT = flags.DEFINE_string("output", "-", "translate: output file ('-' = stdout).")
+_SENTENCE = flags.DEFINE_string("sentence", None, "attention: the source sentence to draw.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host outside TPU VMs: "
                                    "host:port of process 0 (on TPU VMs leave unset).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -43,19 +58,52 @@ def main(argv: list[str]) -> None:
     if _MULTIHOST.value or _COORDINATOR.value:
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                              _INIT_TIMEOUT.value)
-    if _MODE.value == "train":
-      run.train_and_evaluate(config, _WORKDIR.value)
-    elif _MODE.value == "compile":
+    mode, workdir = _MODE.value, _WORKDIR.value
+    if mode == "train":
+      run.train_and_evaluate(config, workdir)
+    elif mode == "evaluate":
+      result = commands.evaluate(config, workdir, _CHECKPOINT_DIR.value)
+      print(f"{result['split']} (step {result['step']}, {result['sentences']} sentences): "
+            f"BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f}\n"
+            f"BLEU signature ({result['bleu_style']}): {result['bleu_signature']}\n"
+            f"chrF signature: {result['chrf_signature']}")
+    elif mode == "translate":
+      translate_to_output(config, workdir)
+    elif mode == "average":
+      print(commands.average(config, workdir))
+    elif mode == "attention":
+      if not _SENTENCE.value:
+        raise ValueError("--mode=attention needs --sentence='...'")
+      for path in commands.attention_maps(config, workdir, _SENTENCE.value,
+                                          _CHECKPOINT_DIR.value):
+        print(path)
+    elif mode == "compile":
       print(run.compile_report(config))
-    elif _MODE.value == "describe":
+    elif mode == "describe":
       print(describe.summary(model_config.from_dict(config.model.to_dict()), seed=config.seed))
-    elif _MODE.value == "data_stats":
+    elif mode == "data_stats":
       builder = datasets.prepare(config.data)
-      tokenizer = inputs.get_tokenizer(builder, config, _WORKDIR.value)
-      print(stats.report(builder, config, tokenizer, _WORKDIR.value))
-  except (ValueError, DataError, FloatingPointError, distributed.StartupError) as error:
+      tokenizer = inputs.get_tokenizer(builder, config, workdir)
+      print(stats.report(builder, config, tokenizer, workdir))
+  except (ValueError, DataError, FloatingPointError, FileNotFoundError,
+          distributed.StartupError) as error:
     logging.error("%s", error)
     raise SystemExit(f"error: {error}") from None
+
+
+def translate_to_output(config, workdir: str) -> None:
+  """--mode=translate: writes to --output atomically (a temporary file renamed when done)."""
+  if _OUTPUT.value == "-":
+    commands.translate(config, workdir, _INPUT.value, sys.stdout, _CHECKPOINT_DIR.value)
+    return
+  temporary = f"{_OUTPUT.value}.tmp-{os.getpid()}"
+  try:
+    with open(temporary, "w", encoding="utf-8") as output:
+      commands.translate(config, workdir, _INPUT.value, output, _CHECKPOINT_DIR.value)
+    os.replace(temporary, _OUTPUT.value)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
 
 
 def run_app() -> None:

@@ -28,7 +28,7 @@ from clu.data import dataset_iterator
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from transformer import checkpointing, sharding, training
+from transformer import checkpointing, evaluation, inference, sharding, training
 from transformer import config as model_config_lib
 from transformer.data import datasets, inputs
 from transformer.data.tokenizer import Tokenizer
@@ -215,6 +215,20 @@ def evaluate(eval_step, params: Any, evaluation: inputs.EvalSet, mesh: Mesh) -> 
           "eval_accuracy": totals["correct"] / weight}
 
 
+def bleu_metrics(setup: Setup, config: ml_collections.ConfigDict, params: Any,
+                 evaluation_set: inputs.EvalSet, tokenizer: Tokenizer) -> dict[str, Any]:
+  """sacreBLEU and chrF of the configured decoding (beam search by default) on a split."""
+  decode = config.decode
+  options = inference.DecodeOptions(
+      method=decode.method, beam_size=decode.beam_size, alpha=decode.alpha,
+      extra_length=decode.extra_length, temperature=decode.temperature, top_k=decode.top_k,
+      use_cache=decode.use_cache)
+  hypotheses, _ = evaluation.translate_eval_set(setup.model, params, evaluation_set, tokenizer,
+                                                options, setup.mesh)
+  return evaluation.score(hypotheses, evaluation_set.references, config.data.target_lang,
+                          config.eval.bleu_style)
+
+
 def prepare_inputs(config: ml_collections.ConfigDict, workdir: str):
   """Builds the dataset and tokenizer on process 0 first, then everywhere."""
   if jax.process_index() == 0:
@@ -284,6 +298,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpoint=True)
   evaluation = inputs.eval_set(builder, config, tokenizer, config.data.eval_split, process_index,
                                process_count, max_examples=config.train.eval_max_examples)
+  bleu_set = inputs.eval_set(builder, config, tokenizer, config.data.eval_split, process_index,
+                             process_count, max_examples=config.train.bleu_max_examples)
   manager = checkpointing.make_manager(
       os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
       save_every=config.train.checkpoint_every_steps, best_metric=config.train.best_metric,
@@ -344,6 +360,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       eval_metrics = None
       if step % config.train.eval_every_steps == 0 or last_step:
         eval_metrics = evaluate(eval_step, state.params, evaluation, setup.mesh)
+        if last_step or (config.train.bleu_every_steps and
+                         step % config.train.bleu_every_steps == 0):
+          eval_metrics["eval_bleu"] = bleu_metrics(setup, config, state.params, bleu_set,
+                                                   tokenizer)["bleu"]
         log.write(step, eval_metrics)
         report(f"step {step} validation: " +
                " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
@@ -358,6 +378,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         break
       if not last_step:
         batch = sharding.global_batch(next(train_iterator), setup.mesh)
+    if step == num_steps and config.train.test_at_end:
+      test_set = inputs.eval_set(builder, config, tokenizer, config.data.test_split,
+                                 process_index, process_count)
+      test = bleu_metrics(setup, config, state.params, test_set, tokenizer)
+      report(f"{config.data.test_split} BLEU {test['bleu']:.2f} chrF {test['chrf']:.2f} "
+             f"({len(test_set.sources)} sentences, beam {config.decode.beam_size}, "
+             f"alpha {config.decode.alpha})\nBLEU signature: {test['bleu_signature']}")
+      last_metrics.update(test_bleu=test["bleu"], test_chrf=test["chrf"])
   finally:
     manager.wait_until_finished()
     preemption.restore()

@@ -62,8 +62,32 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=5,  # latest kept (the paper averages the last 5 / 20)
       best_metric="eval_loss",  # metric naming the best checkpoint (kept as well)
       best_mode="min",  # min | max
+      bleu_every_steps=0,  # validation BLEU (beam search) every N steps; 0 = only at the end
+      bleu_max_examples=500,  # fixed validation subset for BLEU during training
+      test_at_end=False,  # decode the test split after the last step and print its BLEU
       profile_steps=0,  # >0: jax.profiler trace of that many steps after step 10
       peak_flops=0.0,  # per device, for MFU; 0 = known accelerator or a measured CPU matmul
+  ))
+
+  config.decode = ml_collections.ConfigDict(dict(
+      method="beam",  # beam | greedy | sample
+      beam_size=4,  # Sec. 6.1
+      alpha=0.6,  # length penalty ((5 + len) / 6)^alpha, Sec. 6.1
+      extra_length=50,  # maximum output length = input length + 50, Sec. 6.1
+      temperature=1.0,  # sample: softmax temperature
+      top_k=0,  # sample: keep the k most likely tokens (0 = all)
+      use_cache=True,  # key/value cache (False re-runs the decoder per step; for comparison)
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      split="",  # --mode=evaluate: a dataset split ('' = config.data.test_split)
+      source_file="",  # ...or a pair of line-aligned files instead of a split
+      reference_file="",
+      bleu_style="sacrebleu",  # sacrebleu (detokenized, 13a/zh) | paper (tokenized, compounds split)
+      num_average=5,  # --mode=average: last N checkpoints (Sec. 6.1: 5 base, 20 big)
+      nbest=1,  # --mode=translate: print the n best hypotheses with scores (<= beam_size)
+      attention_layers=(0, -1),  # --mode=attention: layers and heads to draw
+      attention_heads=(0,),
   ))
 
   config.mesh = ml_collections.ConfigDict(dict(

@@ -17,10 +17,13 @@ def get_config() -> ml_collections.ConfigDict:
       encoder_layers=2,
       decoder_layers=2,
       dropout_rate=0.1,
-      max_len=64,
+      max_len=160,  # longest source (96) + 50 extra decoding steps fit
   ))
   config.data.generated.update(dict(train_size=20_000, validation_size=500, test_size=500))
-  config.data.update(dict(max_train_length=32, max_eval_length=64, packed_length=64,
-                          batch_size=32, eval_batch_size=100, shuffle_buffer=20_000))
+  config.data.update(dict(max_train_length=64, max_eval_length=96, packed_length=128,
+                          batch_size=16, eval_batch_size=100, shuffle_buffer=20_000))
   config.tokenizer.update(dict(vocab_size=128, sample_size=20_000))
+  config.train.update(dict(num_steps=1500, warmup_steps=200, log_every_steps=100,
+                           eval_every_steps=500, checkpoint_every_steps=500,
+                           eval_max_examples=500, bleu_max_examples=200, test_at_end=True))
   return config

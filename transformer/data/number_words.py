@@ -2,7 +2,9 @@
 
 "three hundred forty-two thousand one" -> "dreihundertzweiundvierzigtausendeins". German swaps units
 and tens ("zweiundvierzig" is "two-and-forty") and writes the number as one word, so the model has
-to learn alignment and local reordering. Made from a seed by our own code; nothing is downloaded.
+to learn alignment and local reordering. A sentence lists one to three numbers separated by commas
+("seven, forty-two" -> "sieben, zweiundvierzig"), so that BLEU has n-grams to count. Made from a
+seed by our own code; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -78,6 +80,28 @@ def german(n: int) -> str:
 def _check_range(n: int) -> None:
   if not 0 <= n <= MAX_NUMBER:
     raise ValueError(f"number words are defined for 0..{MAX_NUMBER}, got {n}")
+
+
+MAX_NUMBERS_PER_SENTENCE = 3
+
+
+def sentence_pair(numbers: tuple[int, ...]) -> tuple[str, str]:
+  """The English and German sentence listing `numbers`."""
+  return (", ".join(english(n) for n in numbers), ", ".join(german(n) for n in numbers))
+
+
+def sample_sentences(seed: int, sizes: dict[str, int]) -> dict[str, list[tuple[int, ...]]]:
+  """Sentences of 1..3 numbers per split; no number appears in two splits."""
+  pools = sample_numbers(seed, {name: size * MAX_NUMBERS_PER_SENTENCE
+                                for name, size in sizes.items()})
+  rng = np.random.default_rng(seed + 1)
+  sentences = {}
+  for name, size in sizes.items():
+    counts = rng.integers(1, MAX_NUMBERS_PER_SENTENCE + 1, size=size)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pool = pools[name]
+    sentences[name] = [tuple(pool[start:start + count]) for start, count in zip(starts, counts)]
+  return sentences
 
 
 def sample_numbers(seed: int, sizes: dict[str, int]) -> dict[str, list[int]]:

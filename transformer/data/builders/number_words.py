@@ -29,10 +29,10 @@ def config_for(seed: int, train_size: int, validation_size: int, test_size: int
 
 
 class NumberWords(tfds.core.GeneratorBasedBuilder):
-  """English -> German number words, disjoint numbers per split."""
+  """English -> German number-word lists, disjoint numbers per split."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "2.0.0": "Sentences of one to three numbers."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -46,11 +46,12 @@ class NumberWords(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # generated
     config = self.builder_config
-    numbers = number_words.sample_numbers(config.seed, {
+    sentences = number_words.sample_sentences(config.seed, {
         "train": config.train_size, "validation": config.validation_size,
         "test": config.test_size})
-    return {name: self._generate_examples(values) for name, values in numbers.items()}
+    return {name: self._generate_examples(values) for name, values in sentences.items()}
 
-  def _generate_examples(self, numbers: list[int]):
-    for n in numbers:
-      yield n, {"en": number_words.english(n), "de": number_words.german(n)}
+  def _generate_examples(self, sentences: list[tuple[int, ...]]):
+    for index, numbers in enumerate(sentences):
+      english, german = number_words.sentence_pair(numbers)
+      yield index, {"en": english, "de": german}

@@ -1,0 +1,285 @@
+"""The modes besides training: evaluate, translate, average, attention (`--mode=...`).
+
+Each loads a checkpoint from the workdir with the config and tokenizer stored in it, so decoding
+always uses the tokenizer the model was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Iterator, TextIO
+
+import jax
+import matplotlib
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorflow as tf
+
+from transformer import checkpointing, evaluation, inference, run, sharding
+from transformer.data import datasets, inputs, pipeline
+from transformer.data.corpus import DataError
+from transformer.data.tokenizer import EOS_ID, Tokenizer
+from transformer.model import Transformer
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+
+@dataclasses.dataclass
+class Loaded:
+  """A restored model ready for inference."""
+
+  config: ml_collections.ConfigDict  # as trained, with this run's mesh/decode/eval settings
+  model: Transformer
+  params: Any
+  tokenizer: Tokenizer
+  step: int
+  mesh: Any
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """Where training writes its checkpoints."""
+  return os.path.join(workdir, "checkpoints")
+
+
+def load(config: ml_collections.ConfigDict, directory: str, step: int | None = None) -> Loaded:
+  """Restores parameters, config and tokenizer from `directory` (latest step by default)."""
+  if not tf.io.gfile.isdir(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
+                            f"`python -m transformer.main --config=... --workdir=...`")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=(checkpointing.STATE, checkpointing.ITERATOR,
+                                              checkpointing.METADATA))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
+                            f"`python -m transformer.main --config=... --workdir=...`")
+  metadata = checkpointing.restore_metadata(manager, step)
+  trained = ml_collections.ConfigDict(metadata["config"])
+  for section in ("mesh", "decode", "eval", "data"):
+    if section == "data":  # where the data lives may differ; what the model saw may not
+      trained.data.update({k: config.data[k] for k in ("data_dir", "source_dir",
+                                                       "eval_batch_size")})
+    else:
+      trained[section] = config[section]
+  setup = run.make_setup(trained)
+  state, _ = checkpointing.restore(manager, step, setup.abstract_state)
+  tokenizer = Tokenizer(checkpointing.decode_bytes(metadata["tokenizer"]))
+  return Loaded(trained, setup.model, state.params, tokenizer, step, setup.mesh)
+
+
+def decode_options(config: ml_collections.ConfigDict) -> inference.DecodeOptions:
+  """The config's decoding settings."""
+  decode = config.decode
+  return inference.DecodeOptions(
+      method=decode.method, beam_size=decode.beam_size, alpha=decode.alpha,
+      extra_length=decode.extra_length, temperature=decode.temperature, top_k=decode.top_k,
+      use_cache=decode.use_cache)
+
+
+def _file_eval_set(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> inputs.EvalSet:
+  """A pair of line-aligned files as an evaluation set."""
+  sources = list(read_lines(config.eval.source_file))
+  references = list(read_lines(config.eval.reference_file))
+  if len(sources) != len(references):
+    raise DataError(f"{config.eval.source_file} has {len(sources)} lines but "
+                    f"{config.eval.reference_file} has {len(references)}")
+  dataset = tf.data.Dataset.from_tensor_slices({"inputs": sources, "targets": references})
+  batches, sources, references = pipeline.evaluation_batches(
+      dataset, tokenizer, batch_size=config.data.eval_batch_size,
+      max_length=config.data.max_eval_length)
+  return inputs.EvalSet(batches, sources, references)
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | None = None
+             ) -> dict[str, Any]:
+  """Decodes a split (or file pair), writes the hypotheses and reports sacreBLEU and chrF."""
+  loaded = load(config, directory or checkpoint_dir(workdir))
+  trained = loaded.config
+  if config.eval.source_file:
+    evaluation_set, name = _file_eval_set(trained, loaded.tokenizer), os.path.basename(
+        config.eval.source_file)
+  else:
+    name = config.eval.split or trained.data.test_split
+    builder = datasets.prepare(trained.data)
+    evaluation_set = inputs.eval_set(builder, trained, loaded.tokenizer, name)
+  hypotheses, _ = evaluation.translate_eval_set(loaded.model, loaded.params, evaluation_set,
+                                                loaded.tokenizer, decode_options(trained),
+                                                loaded.mesh)
+  result = evaluation.score(hypotheses, evaluation_set.references, trained.data.target_lang,
+                            config.eval.bleu_style)
+  result.update(step=loaded.step, split=name, sentences=len(hypotheses),
+                decode=dict(config.decode))
+  output_dir = os.path.join(workdir, "eval")
+  tf.io.gfile.makedirs(output_dir)
+  stem = os.path.join(output_dir, f"{name}.step{loaded.step}")
+  write_atomically(f"{stem}.hyp.txt", "".join(h + "\n" for h in hypotheses))
+  write_atomically(f"{stem}.json", json.dumps(result, indent=2) + "\n")
+  return result
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes a file so that it is either complete or absent."""
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(temporary, "w") as handle:
+    handle.write(text)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def read_lines(path: str) -> Iterator[str]:
+  """Lines of a UTF-8 file (or '-' for stdin) without line ends; invalid UTF-8 names the line."""
+  handle = sys.stdin.buffer if path == "-" else open(path, "rb")
+  name = "<stdin>" if path == "-" else path
+  try:
+    for number, raw in enumerate(handle, start=1):
+      try:
+        yield raw.decode("utf-8").rstrip("\r\n")
+      except UnicodeDecodeError:
+        raise DataError(f"{name}:{number}: invalid UTF-8") from None
+  finally:
+    if handle is not sys.stdin.buffer:
+      handle.close()
+
+
+def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
+              output: TextIO, directory: str | None = None) -> int:
+  """Translates `input_path` line by line into `output`, in order; returns the line count.
+
+  Empty lines stay empty; lines longer than the model's limit are truncated with a warning; with
+  `config.eval.nbest` > 1 each input gives n lines `index<TAB>score<TAB>translation`.
+  """
+  loaded = load(config, directory or checkpoint_dir(workdir))
+  options = decode_options(loaded.config)
+  nbest = config.eval.nbest
+  if nbest > options.num_beams:
+    raise ValueError(f"config.eval.nbest ({nbest}) must not exceed the number of beams "
+                     f"({options.num_beams})")
+  lines = list(read_lines(input_path))
+  max_source = loaded.config.model.max_len - options.extra_length
+  batch_size = loaded.config.data.eval_batch_size
+  encoded = loaded.tokenizer.encode(lines)
+  for number, ids in enumerate(encoded, start=1):
+    if len(ids) > max_source:
+      print(f"warning: line {number} has {len(ids)} tokens; truncated to {max_source}",
+            file=sys.stderr)
+      encoded[number - 1] = ids[:max_source - 1] + [EOS_ID]
+  for start in range(0, len(lines), batch_size):
+    chunk = encoded[start:start + batch_size]
+    width = pipeline._bucket_length(max(len(ids) for ids in chunk), max_source)
+    batch = np.zeros((batch_size, width), np.int32)
+    for row, ids in enumerate(chunk):
+      batch[row, :len(ids)] = ids
+    inputs_array = sharding.global_batch({"inputs": batch}, loaded.mesh)["inputs"]
+    ids, scores = jax.device_get(inference.translate_ids(loaded.model, loaded.params,
+                                                         inputs_array, options))
+    for row in range(len(chunk)):
+      empty = not lines[start + row].strip()
+      if nbest == 1:
+        output.write(("" if empty else loaded.tokenizer.decode(ids[row, 0])) + "\n")
+        continue
+      for k in range(nbest):
+        text = "" if empty else loaded.tokenizer.decode(ids[row, k])
+        output.write(f"{start + row}\t{scores[row, k]:.4f}\t{text}\n")
+  output.flush()
+  return len(lines)
+
+
+def average(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Averages the parameters of the last `config.eval.num_average` checkpoints (Sec. 6.1).
+
+  Writes an ordinary checkpoint (step = the newest averaged step) under `workdir/averaged`;
+  `--checkpoint_dir=WORKDIR/averaged` evaluates or translates with it.
+  """
+  directory = checkpoint_dir(workdir)
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=(checkpointing.STATE, checkpointing.ITERATOR,
+                                              checkpointing.METADATA))
+  steps = sorted(manager.all_steps())[-config.eval.num_average:]
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {directory} to average")
+  loaded = [load(config, directory, step) for step in steps]
+  averaged = jax.tree.map(lambda *p: sum(p) / len(p), *[item.params for item in loaded])
+  metadata = checkpointing.restore_metadata(manager, steps[-1])
+  setup = run.make_setup(loaded[-1].config)
+  state, _ = checkpointing.restore(manager, steps[-1], setup.abstract_state)
+  output = os.path.join(workdir, "averaged")
+  writer = ocp.CheckpointManager(output, options=ocp.CheckpointManagerOptions(create=True),
+                                 item_names=(checkpointing.STATE, checkpointing.METADATA))
+  metadata["averaged_steps"] = steps
+  writer.save(steps[-1], args=ocp.args.Composite(**{
+      checkpointing.STATE: ocp.args.StandardSave(state.replace(params=averaged)),
+      checkpointing.METADATA: ocp.args.JsonSave(metadata)}), force=True)
+  writer.wait_until_finished()
+  return f"averaged steps {steps} into {output}/{steps[-1]}"
+
+
+def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: str,
+                   directory: str | None = None) -> list[str]:
+  """Heatmaps of encoder, decoder and encoder-decoder attention for one sentence (PNG files).
+
+  The decoder side is the model's own translation, so the maps show what it aligns.
+  """
+  loaded = load(config, directory or checkpoint_dir(workdir))
+  model = Transformer(loaded.model.config.replace(attention_kernel="xla"))  # sows the weights
+  tokenizer = loaded.tokenizer
+  source = np.asarray(tokenizer.encode([sentence]), np.int32)
+  ids, _ = inference.translate_ids(model, loaded.params, source, decode_options(loaded.config))
+  target = np.asarray(ids)[0, 0]
+  target = target[:int(np.argmax(target == EOS_ID)) + 1] if EOS_ID in target else target
+  _, variables = model.apply({"params": loaded.params}, source, target[None],
+                             mutable=["intermediates"])
+  weights = attention_weights(variables["intermediates"])
+  source_pieces, target_pieces = tokenizer.pieces(source[0]), tokenizer.pieces(target)
+  decoder_inputs = ["<s>"] + target_pieces[:-1]
+  labels = {"encoder_self_attention": (source_pieces, source_pieces),
+            "decoder_self_attention": (decoder_inputs, decoder_inputs),
+            "encoder_decoder_attention": (decoder_inputs, source_pieces)}
+  output_dir = os.path.join(workdir, "attention")
+  os.makedirs(output_dir, exist_ok=True)
+  paths = []
+  for kind, per_layer in weights.items():
+    layers = [per_layer[i] for i in config.eval.attention_layers]
+    layer_numbers = [range(len(per_layer))[i] for i in config.eval.attention_layers]
+    path = os.path.join(output_dir, f"{kind}.png")
+    plot_attention(layers, layer_numbers, list(config.eval.attention_heads), *labels[kind], kind,
+                   path)
+    paths.append(path)
+  return paths
+
+
+def attention_weights(intermediates: Any) -> dict[str, list[np.ndarray]]:
+  """Sown attention weights `[heads, queries, keys]` per layer, by kind of attention."""
+  found: dict[str, list[np.ndarray]] = {"encoder_self_attention": [],
+                                        "decoder_self_attention": [],
+                                        "encoder_decoder_attention": []}
+  for stack, kinds in (("encoder", {"self_attention": "encoder_self_attention"}),
+                       ("decoder", {"self_attention": "decoder_self_attention",
+                                    "encoder_decoder_attention": "encoder_decoder_attention"})):
+    layers = intermediates[stack]["layers"]
+    for name in sorted(layers, key=lambda n: int(n.split("_")[-1])):
+      for module, kind in kinds.items():
+        found[kind].append(np.asarray(layers[name][module]["attention_weights"][0])[0])
+  return found
+
+
+def plot_attention(layers: list[np.ndarray], layer_numbers: list[int], heads: list[int],
+                   query_labels: list[str], key_labels: list[str], title: str, path: str) -> None:
+  """A grid of heatmaps (rows: layers, columns: heads) labelled with subword pieces."""
+  figure, axes = plt.subplots(len(layers), len(heads), squeeze=False,
+                              figsize=(1 + 0.35 * len(key_labels) * len(heads),
+                                       1 + 0.35 * len(query_labels) * len(layers)))
+  for row, (weights, number) in enumerate(zip(layers, layer_numbers)):
+    for column, head in enumerate(heads):
+      axis = axes[row][column]
+      axis.imshow(weights[head], cmap="viridis", vmin=0.0, vmax=1.0)
+      axis.set_xticks(range(len(key_labels)), key_labels, rotation=90, fontsize=7)
+      axis.set_yticks(range(len(query_labels)), query_labels, fontsize=7)
+      axis.set_title(f"layer {number} head {head}", fontsize=8)
+  figure.suptitle(title.replace("_", " "))
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)

@@ -1,0 +1,184 @@
+"""Model-agnostic decoding: greedy/sampling and beam search over `tokens_to_logits`.
+
+`tokens_to_logits(tokens [N, 1], cache) -> (logits [N, V], cache)` advances any decoder by one
+step; N is batch * beams. Beam search reorders the cache when beams are re-ranked: every cache leaf
+with at least two dimensions has the batch on axis 0, except 5-D (layer-scanned) key/value caches
+`[layers, N, ...]`, which have it on axis 1.
+
+Glossary: B batch, K beams, L maximum output length, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+
+TokensToLogits = Callable[[jnp.ndarray, Any], tuple[jnp.ndarray, Any]]
+NEG_INF = -1.0e7
+
+
+def length_penalty(length: jnp.ndarray, alpha: float) -> jnp.ndarray:
+  """GNMT length penalty ((5 + length) / 6)^alpha (Wu et al. 2016; the paper's Sec. 6.1)."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+def _gather_beams(tree: Any, indices: jnp.ndarray, batch_size: int, beams_in: int) -> Any:
+  """Selects beams: leaves `[B * beams_in, ...]` by `indices [B, K]` -> `[B * K, ...]`."""
+  flat_index = (jnp.arange(batch_size)[:, None] * beams_in + indices).reshape(-1)
+
+  def gather(x):
+    if x.ndim <= 1:
+      return x  # cache indices and other scalars
+    axis = 1 if x.ndim == 5 else 0
+    return jnp.take(x, flat_index, axis=axis)
+
+  return jax.tree.map(gather, tree)
+
+
+def repeat_for_beams(tree: Any, beam_size: int) -> Any:
+  """`[B, ...]` -> `[B * K, ...]` for every cache leaf (batch axis as described above)."""
+
+  def repeat(x):
+    if x.ndim <= 1:
+      return x
+    return jnp.repeat(x, beam_size, axis=1 if x.ndim == 5 else 0)
+
+  return jax.tree.map(repeat, tree)
+
+
+def _limit_lengths(logprobs: jnp.ndarray, step: jnp.ndarray, max_lengths: jnp.ndarray,
+                   eos_id: int) -> jnp.ndarray:
+  """Only EOS may follow once a sentence reaches its maximum length (`[N, V]`, `[N]`)."""
+  at_limit = (step + 1 >= max_lengths)[:, None]
+  only_eos = jnp.full_like(logprobs, NEG_INF).at[:, eos_id].set(0.0)
+  return jnp.where(at_limit, only_eos, logprobs)
+
+
+def sample(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.ndarray, *,
+           max_length: int, eos_id: int, start_id: int = 0, temperature: float = 0.0,
+           top_k: int = 0, rng: jax.Array | None = None) -> jnp.ndarray:
+  """Greedy (temperature 0) or temperature/top-k sampling; `[B, L]` ids, 0 after EOS.
+
+  `max_lengths [B]` caps each sentence (e.g. its source length + 50); `max_length` is the static
+  size of the output.
+  """
+  batch_size = max_lengths.shape[0]
+  rng = rng if rng is not None else jax.random.PRNGKey(0)
+
+  def cond(state):
+    step, _, _, finished, _, _ = state
+    return (step < max_length) & ~jnp.all(finished)
+
+  def body(state):
+    step, token, output, finished, cache, rng = state
+    logits, cache = tokens_to_logits(token[:, None], cache)
+    logprobs = _limit_lengths(jax.nn.log_softmax(logits.astype(jnp.float32)), step,
+                              max_lengths, eos_id)
+    if temperature == 0.0:
+      next_token = jnp.argmax(logprobs, axis=-1)
+    else:
+      rng, step_rng = jax.random.split(rng)
+      scaled = logprobs / temperature
+      if top_k:
+        kth_best = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth_best, NEG_INF, scaled)
+      next_token = jax.random.categorical(step_rng, scaled)
+    next_token = jnp.where(finished, 0, next_token).astype(jnp.int32)
+    output = output.at[:, step].set(next_token)
+    return step + 1, next_token, output, finished | (next_token == eos_id), cache, rng
+
+  state = (jnp.array(0), jnp.full([batch_size], start_id, jnp.int32),
+           jnp.zeros([batch_size, max_length], jnp.int32), jnp.zeros([batch_size], bool),
+           cache, rng)
+  return jax.lax.while_loop(cond, body, state)[2]
+
+
+@flax.struct.dataclass
+class _BeamState:
+  step: jnp.ndarray  # scalar
+  live_sequences: jnp.ndarray  # [B, K, L]
+  live_logprobs: jnp.ndarray  # [B, K]
+  finished_sequences: jnp.ndarray  # [B, K, L]
+  finished_scores: jnp.ndarray  # [B, K], length-normalized
+  finished_flags: jnp.ndarray  # [B, K]
+  cache: Any
+
+
+def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.ndarray, *,
+                beam_size: int, alpha: float, max_length: int, eos_id: int, start_id: int = 0
+                ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Beam search with length penalty; returns sequences `[B, K, L]` and scores `[B, K]`, best first.
+
+  `cache` must already be repeated for the beams (`[B * K, ...]`). A hypothesis ends with EOS;
+  its score is log P / length_penalty(length). The search stops early once no live beam can
+  still beat the worst of K finished ones (log-probabilities only fall, and with alpha >= 0 the
+  best a live beam can reach is its log-probability over the penalty at the maximum length).
+  Sentences with no finished hypothesis return their live beams.
+  """
+  batch_size = max_lengths.shape[0]
+  beam_max_lengths = jnp.repeat(max_lengths, beam_size)
+  initial_logprobs = jnp.tile(jnp.array([0.0] + [NEG_INF] * (beam_size - 1)), [batch_size, 1])
+  state = _BeamState(
+      step=jnp.array(0), live_sequences=jnp.zeros([batch_size, beam_size, max_length], jnp.int32),
+      live_logprobs=initial_logprobs,
+      finished_sequences=jnp.zeros([batch_size, beam_size, max_length], jnp.int32),
+      finished_scores=jnp.full([batch_size, beam_size], NEG_INF),
+      finished_flags=jnp.zeros([batch_size, beam_size], bool), cache=cache)
+
+  def cond(state: _BeamState) -> jnp.ndarray:
+    best_possible = state.live_logprobs[:, 0] / length_penalty(
+        max_lengths.astype(jnp.float32), alpha)
+    worst_finished = jnp.min(jnp.where(state.finished_flags, state.finished_scores, NEG_INF),
+                             axis=1)
+    search_over = jnp.all(worst_finished > best_possible)
+    return (state.step < max_length) & ~search_over
+
+  def body(state: _BeamState) -> _BeamState:
+    step = state.step
+    previous = jnp.where(step == 0, start_id,
+                         state.live_sequences[:, :, jnp.maximum(step - 1, 0)])
+    logits, cache = tokens_to_logits(previous.reshape(-1, 1), state.cache)
+    logprobs = _limit_lengths(jax.nn.log_softmax(logits.astype(jnp.float32)), step,
+                              beam_max_lengths, eos_id)
+    vocab_size = logprobs.shape[-1]
+    candidates = (state.live_logprobs[:, :, None] +
+                  logprobs.reshape(batch_size, beam_size, vocab_size))
+    # 2K candidates guarantee K that do not end here, whatever ends with EOS.
+    top_logprobs, top_indices = jax.lax.top_k(candidates.reshape(batch_size, -1), 2 * beam_size)
+    top_beams, top_tokens = top_indices // vocab_size, top_indices % vocab_size
+    flat_live = state.live_sequences.reshape(batch_size * beam_size, max_length)
+    top_sequences = _gather_beams(flat_live, top_beams, batch_size, beam_size)
+    top_sequences = top_sequences.reshape(batch_size, 2 * beam_size, max_length)
+    top_sequences = top_sequences.at[:, :, step].set(top_tokens)
+    ends = top_tokens == eos_id
+
+    # Live beams: the K best candidates that did not just end.
+    live_logprobs, live_choice = jax.lax.top_k(jnp.where(ends, NEG_INF, top_logprobs), beam_size)
+    live_sequences = jnp.take_along_axis(top_sequences, live_choice[:, :, None], axis=1)
+    cache = _gather_beams(cache, jnp.take_along_axis(top_beams, live_choice, axis=1), batch_size,
+                          beam_size)
+
+    # Finished: merge the new hypotheses (normalized by length) with the old, keep the K best.
+    new_scores = top_logprobs / length_penalty(step + 1.0, alpha)
+    new_scores = jnp.where(ends & (top_logprobs > NEG_INF / 2), new_scores, NEG_INF)
+    all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
+    all_flags = jnp.concatenate([state.finished_flags, new_scores > NEG_INF / 2], axis=1)
+    all_sequences = jnp.concatenate([state.finished_sequences, top_sequences], axis=1)
+    finished_scores, finished_choice = jax.lax.top_k(all_scores, beam_size)
+    return _BeamState(
+        step=step + 1, live_sequences=live_sequences, live_logprobs=live_logprobs,
+        finished_sequences=jnp.take_along_axis(all_sequences, finished_choice[:, :, None],
+                                               axis=1),
+        finished_scores=finished_scores,
+        finished_flags=jnp.take_along_axis(all_flags, finished_choice, axis=1), cache=cache)
+
+  final = jax.lax.while_loop(cond, body, state)
+  any_finished = jnp.any(final.finished_flags, axis=1)
+  live_scores = final.live_logprobs / length_penalty(final.step.astype(jnp.float32), alpha)
+  sequences = jnp.where(any_finished[:, None, None], final.finished_sequences,
+                        final.live_sequences)
+  scores = jnp.where(any_finished[:, None], final.finished_scores, live_scores)
+  return sequences, scores
