@@ -49,9 +49,11 @@ def repeat_for_beams(tree: Any, beam_size: int) -> Any:
   return jax.tree.map(repeat, tree)
 
 
-def _limit_lengths(logprobs: jnp.ndarray, step: jnp.ndarray, max_lengths: jnp.ndarray,
-                   eos_id: int) -> jnp.ndarray:
-  """Only EOS may follow once a sentence reaches its maximum length (`[N, V]`, `[N]`)."""
+def _constrain(logprobs: jnp.ndarray, step: jnp.ndarray, max_lengths: jnp.ndarray,
+               eos_id: int, pad_id: int) -> jnp.ndarray:
+  """Never padding (id `pad_id` is also the start symbol); only EOS once a sentence reaches its
+  maximum length. `[N, V]` log-probabilities, `[N]` limits."""
+  logprobs = logprobs.at[:, pad_id].set(NEG_INF)
   at_limit = (step + 1 >= max_lengths)[:, None]
   only_eos = jnp.full_like(logprobs, NEG_INF).at[:, eos_id].set(0.0)
   return jnp.where(at_limit, only_eos, logprobs)
@@ -75,8 +77,8 @@ def sample(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.ndarra
   def body(state):
     step, token, output, finished, cache, rng = state
     logits, cache = tokens_to_logits(token[:, None], cache)
-    logprobs = _limit_lengths(jax.nn.log_softmax(logits.astype(jnp.float32)), step,
-                              max_lengths, eos_id)
+    logprobs = _constrain(jax.nn.log_softmax(logits.astype(jnp.float32)), step, max_lengths,
+                          eos_id, start_id)
     if temperature == 0.0:
       next_token = jnp.argmax(logprobs, axis=-1)
     else:
@@ -141,8 +143,8 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.n
     previous = jnp.where(step == 0, start_id,
                          state.live_sequences[:, :, jnp.maximum(step - 1, 0)])
     logits, cache = tokens_to_logits(previous.reshape(-1, 1), state.cache)
-    logprobs = _limit_lengths(jax.nn.log_softmax(logits.astype(jnp.float32)), step,
-                              beam_max_lengths, eos_id)
+    logprobs = _constrain(jax.nn.log_softmax(logits.astype(jnp.float32)), step,
+                          beam_max_lengths, eos_id, start_id)
     vocab_size = logprobs.shape[-1]
     candidates = (state.live_logprobs[:, :, None] +
                   logprobs.reshape(batch_size, beam_size, vocab_size))

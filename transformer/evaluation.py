@@ -24,12 +24,12 @@ from transformer.data.inputs import EvalSet
 from transformer.data.tokenizer import Tokenizer
 from transformer.model import Transformer
 
-_COMPOUND = re.compile(r"(\S)-(\S)")
+_COMPOUND_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
 
 
 def split_compounds(text: str) -> str:
   """"Zwei-Wege" -> "Zwei ##AT##-##AT## Wege", as in the paper's BLEU script."""
-  return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", _COMPOUND.sub(r"\1 ##AT##-##AT## \2", text))
+  return _COMPOUND_HYPHEN.sub(" ##AT##-##AT## ", text)
 
 
 def bleu_tokenizer(target_lang: str) -> str:

@@ -1,0 +1,135 @@
+"""BLEU/chrF, and the evaluate, translate, average and attention modes on a trained tiny model."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from transformer import commands, evaluation, run
+from transformer.data.corpus import DataError
+
+import tiny_config
+
+
+def test_scores_and_signatures():
+  hypotheses = ["the cat sat on the mat", "a dog"]
+  perfect = evaluation.score(hypotheses, hypotheses, "de")
+  assert perfect["bleu"] == pytest.approx(100.0) and perfect["chrf"] == pytest.approx(100.0)
+  assert "tok:13a" in perfect["bleu_signature"] and "nrefs:1" in perfect["bleu_signature"]
+  worse = evaluation.score(["the cat sat", "a cat"], hypotheses, "de")
+  assert worse["bleu"] < 100.0 and worse["chrf"] < 100.0
+  assert "tok:zh" in evaluation.score(["我爱你"], ["我爱你"], "zh")["bleu_signature"]
+  assert "tok:intl" in evaluation.score(hypotheses, hypotheses, "de", "paper")["bleu_signature"]
+
+
+def test_paper_style_splits_compounds():
+  assert evaluation.split_compounds("Zwei-Wege-Kommunikation") == \
+      "Zwei ##AT##-##AT## Wege ##AT##-##AT## Kommunikation"
+  with pytest.raises(ValueError, match="bleu_style must be one of sacrebleu, paper"):
+    evaluation.score(["a"], ["a"], "de", "moses")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("trained")
+  config = tiny_config.get_config()
+  config.data.data_dir = str(workdir / "tfds")
+  config.train.update(dict(num_steps=30, checkpoint_every_steps=10, keep_checkpoints=3))
+  config.decode.beam_size = 2
+  run.train_and_evaluate(config, str(workdir))
+  return config, str(workdir)
+
+
+def test_evaluate_writes_hypotheses_and_reports_bleu(trained):
+  config, workdir = trained
+  result = commands.evaluate(config, workdir)
+  assert result["step"] == 30 and result["sentences"] == 40 and result["split"] == "test"
+  assert 0.0 <= result["bleu"] <= 100.0 and "tok:13a" in result["bleu_signature"]
+  hypotheses = open(os.path.join(workdir, "eval", "test.step30.hyp.txt")).read().splitlines()
+  assert len(hypotheses) == 40
+  saved = json.load(open(os.path.join(workdir, "eval", "test.step30.json")))
+  assert saved["bleu"] == result["bleu"]
+
+
+def test_evaluate_a_file_pair(trained, tmp_path):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  (tmp_path / "src.en").write_text("seven\ntwelve, one\n")
+  (tmp_path / "ref.de").write_text("sieben\nzwölf, eins\n")
+  config.eval.update(dict(source_file=str(tmp_path / "src.en"),
+                          reference_file=str(tmp_path / "ref.de")))
+  assert commands.evaluate(config, workdir)["sentences"] == 2
+  (tmp_path / "ref.de").write_text("sieben\n")
+  with pytest.raises(DataError, match=r"src.en has 2 lines but .*ref.de has 1"):
+    commands.evaluate(config, workdir)
+
+
+def test_translate_keeps_lines_aligned(trained, tmp_path, capsys):
+  config, workdir = trained
+  source = tmp_path / "input.en"
+  source.write_text("seven\n\n" + "one, " * 200 + "two\nforty-two\n")
+  output = io.StringIO()
+  assert commands.translate(config, workdir, str(source), output) == 4
+  lines = output.getvalue().split("\n")
+  assert len(lines) == 5 and lines[1] == "" and lines[4] == ""
+  warnings = capsys.readouterr().err
+  assert "warning: line 3 has" in warnings and "truncated to" in warnings
+
+
+def test_translate_nbest_and_bad_input(trained, tmp_path):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.nbest = 2
+  source = tmp_path / "input.en"
+  source.write_text("seven\nnine\n")
+  output = io.StringIO()
+  commands.translate(config, workdir, str(source), output)
+  rows = [line.split("\t") for line in output.getvalue().splitlines()]
+  assert [int(r[0]) for r in rows] == [0, 0, 1, 1]
+  assert float(rows[0][1]) >= float(rows[1][1])
+  source.write_bytes(b"seven\nbad \xff\n")
+  with pytest.raises(DataError, match=r"input.en:2: invalid UTF-8"):
+    commands.translate(config, workdir, str(source), io.StringIO())
+  config.eval.nbest = 3
+  with pytest.raises(ValueError, match=r"nbest \(3\) must not exceed the number of beams \(2\)"):
+    commands.translate(config, workdir, str(source), io.StringIO())
+
+
+def test_no_checkpoint_says_how_to_train(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint in .*: train one first with"):
+    commands.translate(tiny_config.get_config(), str(tmp_path), "-", io.StringIO())
+
+
+def test_average_writes_a_checkpoint_that_evaluates(trained):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.num_average = 3
+  message = commands.average(config, workdir)
+  assert "averaged steps [10, 20, 30]" in message
+  loaded = [commands.load(config, os.path.join(workdir, "checkpoints"), step)
+            for step in (10, 20, 30)]
+  averaged = commands.load(config, os.path.join(workdir, "averaged"))
+  kernel = lambda item: np.asarray(item.params["encoder"]["layers"]["layer_0"]["feed_forward"]
+                                   ["wi"]["kernel"])
+  np.testing.assert_allclose(kernel(averaged), np.mean([kernel(x) for x in loaded], axis=0),
+                             rtol=1e-6)
+  result = commands.evaluate(config, workdir, os.path.join(workdir, "averaged"))
+  assert result["step"] == 30
+
+
+def test_attention_maps_are_written_and_rows_sum_to_one(trained):
+  config, workdir = trained
+  paths = commands.attention_maps(config, workdir, "three hundred forty-two")
+  assert sorted(os.path.basename(p) for p in paths) == [
+      "decoder_self_attention.png", "encoder_decoder_attention.png", "encoder_self_attention.png"]
+  assert all(os.path.getsize(p) > 1000 for p in paths)
+  loaded = commands.load(config, os.path.join(workdir, "checkpoints"))
+  source = np.asarray(loaded.tokenizer.encode(["seven, nine"]), np.int32)
+  _, variables = loaded.model.apply({"params": loaded.params}, source, source,
+                                    mutable=["intermediates"])
+  weights = commands.attention_weights(variables["intermediates"])
+  for per_layer in weights.values():
+    for layer in per_layer:
+      np.testing.assert_allclose(layer.sum(-1), 1.0, rtol=1e-5)
