@@ -48,3 +48,31 @@ def test_from_dict_rejects_unknown_fields_and_presets():
     configs.from_dict({"d_modle": 16})
   with pytest.raises(ValueError, match="model.preset must be one of base, big, tiny"):
     configs.from_dict({"preset": "huge"})
+
+
+@pytest.mark.parametrize("name, arg", [("smoke", None), ("multi30k", None), ("wmt14_base", None),
+                                       ("wmt14_big", None), ("tatoeba_zh_en", None),
+                                       ("tatoeba_zh_en", "en-zh")])
+def test_experiment_configs_build_valid_models(name, arg):
+  import importlib
+
+  from transformer import run
+  module = importlib.import_module(f"experiments.configs.{name}")
+  config = module.get_config() if arg is None else module.get_config(arg)
+  run.validate(config)
+  model = configs.from_dict(config.model.to_dict())
+  assert model.vocab_size == config.tokenizer.vocab_size
+  assert config.data.max_train_length <= config.data.packed_length
+  assert config.data.max_eval_length + config.decode.extra_length <= model.max_len
+
+
+def test_paper_configs_follow_the_paper():
+  from experiments.configs import wmt14_base, wmt14_big
+  base, big = wmt14_base.get_config(), wmt14_big.get_config()
+  assert (base.train.adam_b1, base.train.adam_b2, base.train.adam_eps) == (0.9, 0.98, 1e-9)
+  assert base.train.warmup_steps == 4000 and base.train.label_smoothing == 0.1
+  assert base.train.num_steps == 100_000 and big.train.num_steps == 300_000
+  assert base.data.batch_size * base.data.packed_length == pytest.approx(25_000, rel=0.05)
+  assert (base.decode.beam_size, base.decode.alpha) == (4, 0.6)
+  assert big.model.dropout_rate == 0.3 and big.eval.num_average == 20
+  assert base.data.source_lang == "en" and base.data.target_lang == "de"

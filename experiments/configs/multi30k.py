@@ -33,4 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=8, eval_batch_size=64,
       shuffle_buffer=30_000))
   config.tokenizer.update(dict(vocab_size=8000, sample_size=29_000))
+  config.train.update(dict(num_steps=6000, warmup_steps=1000, eval_every_steps=1000,
+                           checkpoint_every_steps=500, keep_checkpoints=5, bleu_every_steps=2000,
+                           best_metric="eval_bleu", best_mode="max", test_at_end=True))
   return config

@@ -1,0 +1,16 @@
+"""The paper's big model on WMT14 EN->DE (Table 3 row "big"): 1024/16/4096, dropout 0.3,
+300k steps, the last 20 checkpoints averaged."""
+
+import ml_collections
+
+from experiments.configs import wmt14_base
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Big model, paper recipe."""
+  config = wmt14_base.get_config()
+  config.model.update(dict(preset="big", dropout_rate=0.3))
+  config.train.update(dict(num_steps=300_000, keep_checkpoints=20))
+  config.eval.num_average = 20  # Sec. 6.1
+  config.mesh.update(dict(data=-1, fsdp=1, tensor=1))
+  return config
