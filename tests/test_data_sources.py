@@ -119,6 +119,21 @@ def test_multi30k(tmp_path):
   assert first["inputs"].decode().startswith("A group of men")
 
 
+def test_wmt14_newstest_and_tatoeba(tmp_path):
+  data = data_config(tmp_path, dataset="parallel_text", source_dir=str(SHARED_DATA / "wmt14"))
+  builder = datasets.prepare(data)
+  assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
+      "newstest2014": 3003}
+  tatoeba = data_config(tmp_path, dataset="parallel_text",
+                        source_dir=str(SHARED_DATA / "tatoeba_cmn_eng"), source_lang="zh",
+                        target_lang="en", carve_from="tatoeba")
+  builder = datasets.prepare(tatoeba)
+  counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
+  assert sum(counts.values()) == 29155 and counts["test"] > 1000
+  first = next(iter(datasets.load_split(builder, tatoeba, "test").as_numpy_iterator()))
+  assert any("\u4e00" <= ch <= "\u9fff" for ch in first["inputs"].decode())
+
+
 def test_processes_read_disjoint_shards_covering_the_split(tmp_path):
   data = data_config(tmp_path)
   builder = datasets.prepare(data)

@@ -36,7 +36,9 @@ def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained")
   config = tiny_config.get_config()
   config.data.data_dir = str(workdir / "tfds")
-  config.train.update(dict(num_steps=30, checkpoint_every_steps=10, keep_checkpoints=3))
+  # BLEU only at the last evaluation: checkpoints without it must not break "keep the best".
+  config.train.update(dict(num_steps=30, checkpoint_every_steps=10, keep_checkpoints=3,
+                           best_metric="eval_bleu", best_mode="max"))
   config.decode.beam_size = 2
   run.train_and_evaluate(config, str(workdir))
   return config, str(workdir)

@@ -29,6 +29,21 @@ def test_paper_learning_rate_matches_the_formula():
   np.testing.assert_allclose(float(doubled(10)), 2 * float(schedule(10)), rtol=1e-6)
 
 
+def test_optimizer_options():
+  config = tiny_config_file.get_config().train
+  config.update(dict(grad_accum_steps=3, grad_clip_norm=1.0, weight_decay=0.01))
+  optimizer = training.make_optimizer(config, training.paper_learning_rate(32, 10))
+  params = {"w": jnp.ones(3)}
+  state = optimizer.init(params)
+  grads = {"w": jnp.full(3, 100.0)}
+  changes = []
+  for _ in range(6):
+    updates, state = optimizer.update(grads, state, params)
+    changes.append(float(jnp.abs(updates["w"]).sum()))
+  # Updates only every third call (gradient accumulation); clipping bounds their size.
+  assert [c > 0 for c in changes] == [False, False, True, False, False, True]
+
+
 def test_label_smoothed_cross_entropy_matches_numpy():
   rng = np.random.RandomState(0)
   logits = rng.randn(2, 3, 7).astype(np.float32)

@@ -371,8 +371,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if (step % config.train.checkpoint_every_steps == 0 or last_step
           or preemption.requested):
         check_finite(pending_losses, manager.latest_step())
-        checkpointing.save(manager, step, state, train_iterator, metadata,
-                           metrics=eval_metrics, force=True)
+        ranked = eval_metrics if eval_metrics and config.train.best_metric in eval_metrics \
+            else None  # e.g. no BLEU at this evaluation: not a candidate for "best"
+        checkpointing.save(manager, step, state, train_iterator, metadata, metrics=ranked,
+                           force=True)
       if preemption.requested:
         report(f"SIGTERM received: saved a checkpoint at step {step}, exiting")
         break

@@ -1,7 +1,8 @@
 """Local parallel text: finding, validating and reading line-aligned files.
 
 A corpus directory holds `{split}.{lang}` files (one sentence per line, line-aligned across the
-two languages) or `{split}.tsv` files (`source<TAB>target`). Everything that can be wrong with
+two languages) or `{split}.tsv` files (`source<TAB>target`; a split name has no dot, so side files
+such as `newstest2014.docids.tsv` are not splits). Everything that can be wrong with
 them raises `DataError` with a one-line message naming the file.
 """
 
@@ -51,7 +52,7 @@ def find_splits(directory: str, source_lang: str, target_lang: str) -> dict[str,
   splits = {}
   for name in names:
     stem, _, extension = name.rpartition(".")
-    if extension == "tsv":
+    if extension == "tsv" and "." not in stem:  # "train.tsv"; not "newstest2014.docids.tsv"
       splits[stem] = SplitFiles(stem, os.path.join(directory, name), None)
     elif extension == source_lang:
       target = os.path.join(directory, f"{stem}.{target_lang}")
