@@ -65,7 +65,7 @@ def main() -> None:
   parser.add_argument("--batches", type=int, default=200)
   args = parser.parse_args()
   config = multi30k.get_config()
-  config.model.update(dict(preset="base", d_model=512, num_heads=8, d_ff=2048, encoder_layers=6,
+  config.model.update(dict(d_model=512, num_heads=8, d_ff=2048, encoder_layers=6,
                            decoder_layers=6))  # the paper's base model
   config.data.data_dir = os.path.join(tempfile.gettempdir(), "transformer_bench_tfds")
   workdir = tempfile.mkdtemp()

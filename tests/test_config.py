@@ -42,12 +42,19 @@ def test_bad_config_names_field_and_allowed_values(overrides, message):
   assert message in str(error.value)
 
 
-def test_from_dict_rejects_unknown_fields_and_presets():
-  assert configs.from_dict({"preset": "tiny", "d_model": 16, "num_heads": 2}).d_model == 16
+def test_from_dict_rejects_unknown_fields():
+  assert configs.from_dict({"d_model": 16, "num_heads": 2}).d_model == 16
   with pytest.raises(ValueError, match="unknown model field.*d_modle"):
     configs.from_dict({"d_modle": 16})
-  with pytest.raises(ValueError, match="model.preset must be one of base, big, tiny"):
-    configs.from_dict({"preset": "huge"})
+
+
+def test_experiment_config_lists_every_model_field():
+  import dataclasses
+
+  from experiments.configs import common
+  model = common.base_config().model
+  assert set(model) == {f.name for f in dataclasses.fields(configs.ModelConfig)}
+  assert configs.from_dict(model.to_dict()) == configs.base(vocab_size=32000)
 
 
 @pytest.mark.parametrize("name, arg", [("smoke", None), ("multi30k", None), ("wmt14_base", None),
@@ -75,4 +82,6 @@ def test_paper_configs_follow_the_paper():
   assert base.data.batch_size * base.data.packed_length == pytest.approx(25_000, rel=0.05)
   assert (base.decode.beam_size, base.decode.alpha) == (4, 0.6)
   assert big.model.dropout_rate == 0.3 and big.eval.num_average == 20
+  assert configs.from_dict(big.model.to_dict()).num_params() == configs.big(
+      dtype="bfloat16", max_len=512).num_params()
   assert base.data.source_lang == "en" and base.data.target_lang == "de"

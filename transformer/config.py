@@ -185,17 +185,10 @@ PRESETS = {"base": base, "big": big, "tiny": tiny}
 
 
 def from_dict(fields: Mapping[str, Any]) -> ModelConfig:
-  """Builds a `ModelConfig` from a mapping (e.g. `config.model` of a ConfigDict).
-
-  The optional key `preset` picks `base`, `big` or `tiny`; the other keys override its fields.
-  """
-  fields = dict(fields)
-  preset = fields.pop("preset", "base")
-  if preset not in PRESETS:
-    raise ValueError(f"model.preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+  """Builds a `ModelConfig` from a mapping (e.g. `config.model` of a ConfigDict)."""
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(fields) - known)
   if unknown:
     raise ValueError(f"unknown model field(s) {', '.join(unknown)}; known fields: "
                      f"{', '.join(sorted(known))}")
-  return PRESETS[preset](**fields)
+  return ModelConfig(**fields)

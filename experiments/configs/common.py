@@ -1,6 +1,7 @@
 """Defaults shared by every experiment config; each config file starts from `base_config()`."""
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -8,10 +9,32 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # parameters, dropout and data order
 
+  # Every field of transformer.config.ModelConfig, defaults = the paper's base model.
   config.model = ml_collections.ConfigDict(dict(
-      preset="base",  # base | big | tiny (transformer/config.py); the fields below override it
-      vocab_size=32000,  # must match config.tokenizer.vocab_size
-      max_len=256,  # longest sequence the model is built for (learned positions, decoding)
+      vocab_size=32000,  # >= config.tokenizer.vocab_size (shared source/target vocabulary)
+      target_vocab_size=placeholder(int),  # None: one vocabulary for both sides
+      d_model=512,  # model width
+      num_heads=8,  # attention heads h
+      d_ff=2048,  # feed-forward hidden size
+      encoder_layers=6,  # N (encoder)
+      decoder_layers=6,  # N (decoder)
+      d_k=placeholder(int),  # per-head query/key size (None: d_model / h)
+      d_v=placeholder(int),  # per-head value size (None: d_model / h)
+      dropout_rate=0.1,  # P_drop: sub-layer outputs and embedding sums (Sec. 5.4)
+      attention_dropout_rate=0.0,  # dropout on attention weights (not in the paper)
+      max_len=256,  # longest sequence (learned positions; decoding: source + 50)
+      share_embeddings=True,  # one matrix for source and target embeddings (Sec. 3.4)
+      tie_output_embedding=True,  # ...and the pre-softmax projection
+      positional_encoding="sinusoidal",  # sinusoidal | learned | none
+      normalization="post",  # post (paper) | pre (+ final LayerNorm)
+      activation="relu",  # relu | gelu
+      layer_norm_epsilon=1e-6,
+      dtype="float32",  # compute dtype (bfloat16 on TPU/GPU)
+      param_dtype="float32",  # parameter dtype
+      attention_kernel="xla",  # xla (reference) | jax (jax.nn.dot_product_attention)
+      remat_policy="none",  # none | full | dots | dots_no_batch: recompute activations
+      scan_layers=False,  # nn.scan over identical layers (compile time independent of N)
+      pad_id=0,  # padding (and decoder start) token id
   ))
 
   config.data = ml_collections.ConfigDict(dict(

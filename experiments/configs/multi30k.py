@@ -15,7 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
   """Multi30k defaults; override the corpus with --config.data.source_dir=DIR."""
   config = common.base_config()
   config.model.update(dict(
-      preset="base",
       vocab_size=8000,  # = tokenizer.vocab_size
       d_model=256,
       num_heads=4,

@@ -9,7 +9,6 @@ def get_config() -> ml_collections.ConfigDict:
   """The README's main job."""
   config = common.base_config()
   config.model.update(dict(
-      preset="tiny",
       vocab_size=128,  # = tokenizer.vocab_size
       d_model=64,
       num_heads=4,

@@ -22,7 +22,7 @@ def get_config(direction: str = "zh-en") -> ml_collections.ConfigDict:
     raise ValueError(f"tatoeba_zh_en.py: direction must be zh-en or en-zh, got {direction!r}")
   source_lang, target_lang = direction.split("-")
   config = common.base_config()
-  config.model.update(dict(preset="base", vocab_size=8000, d_model=256, num_heads=4, d_ff=1024,
+  config.model.update(dict(vocab_size=8000, d_model=256, num_heads=4, d_ff=1024,
                            encoder_layers=3, decoder_layers=3, dropout_rate=0.2, max_len=160))
   config.data.update(dict(
       dataset="parallel_text", source_dir=DEFAULT_CORPUS, source_lang=source_lang,

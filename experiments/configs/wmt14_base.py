@@ -15,7 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
   """Base model, paper recipe."""
   config = common.base_config()
   config.model.update(dict(
-      preset="base",
       vocab_size=37000,  # Sec. 5.1: shared source-target vocabulary of about 37000 tokens
       max_len=512,  # longest evaluation source (256) + 50 decoding steps, with room
       dtype="bfloat16",

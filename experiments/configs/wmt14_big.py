@@ -9,7 +9,7 @@ from experiments.configs import wmt14_base
 def get_config() -> ml_collections.ConfigDict:
   """Big model, paper recipe."""
   config = wmt14_base.get_config()
-  config.model.update(dict(preset="big", dropout_rate=0.3))
+  config.model.update(dict(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3))
   config.train.update(dict(num_steps=300_000, keep_checkpoints=20))
   config.eval.num_average = 20  # Sec. 6.1
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1))

@@ -1,0 +1,128 @@
+"""A sweep's comparison, laid out like the paper's Table 3, plus plots.
+
+    python -m experiments.report --root=DIR [--output=DIR]
+
+Reads `ROOT/results.jsonl` (and each point's `metrics.jsonl` for the curves); writes
+`report.md`, `bleu_vs_params.png` and `validation_curves.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+# Table 3's columns: header -> override key.
+COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff", "model.d_ff"),
+           ("h", "model.num_heads"), ("d_k", "model.d_k"), ("d_v", "model.d_v"),
+           ("P_drop", "model.dropout_rate"), ("eps_ls", "train.label_smoothing"),
+           ("PE", "model.positional_encoding"), ("steps", "train.num_steps")]
+
+
+def read_results(root: str) -> list[dict[str, Any]]:
+  """The rows of `results.jsonl`, the last one per point winning."""
+  rows: dict[str, dict[str, Any]] = {}
+  with open(os.path.join(root, "results.jsonl"), encoding="utf-8") as handle:
+    for line in handle:
+      if line.strip():
+        row = json.loads(line)
+        rows[row["point"]] = row
+  return list(rows.values())
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+  if value is None:
+    return "-"
+  return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+  """Table 3 layout: the base row in full, other rows show only what they change."""
+  base = next((r for r in rows if r["point"] == "base"), rows[0])
+  header = ["", *[name for name, _ in COLUMNS], "PPL (dev)", "BLEU (dev)", "params x10^6",
+            "wall min"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [row["point"]]
+    for _, key in COLUMNS:
+      value = row["overrides"].get(key)
+      changed = row is base or value != base["overrides"].get(key)
+      cells.append(_fmt(value) if changed and value is not None else "")
+    cells += [_fmt(row.get("eval_perplexity")), _fmt(row.get("eval_bleu"), 1),
+              f"{row['params'] / 1e6:.1f}", _fmt(row.get("wall_seconds", 0.0) / 60, 1)]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str) -> None:
+  """BLEU (dev) against parameter count, one labelled point per variant."""
+  figure, axis = plt.subplots(figsize=(7, 4.5))
+  for row in rows:
+    if row.get("eval_bleu") is None:
+      continue
+    axis.scatter(row["params"] / 1e6, row["eval_bleu"])
+    axis.annotate(row["point"], (row["params"] / 1e6, row["eval_bleu"]), fontsize=7,
+                  xytext=(3, 3), textcoords="offset points")
+  axis.set_xlabel("parameters (millions)")
+  axis.set_ylabel("BLEU (dev)")
+  axis.set_title("Table 3 variants: BLEU against size")
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def plot_curves(root: str, rows: list[dict[str, Any]], path: str) -> None:
+  """Validation perplexity against training step for every variant."""
+  figure, axis = plt.subplots(figsize=(7, 4.5))
+  plotted = False
+  for row in rows:
+    metrics = os.path.join(root, row["point"], "metrics.jsonl")
+    if not os.path.exists(metrics):
+      continue
+    with open(metrics, encoding="utf-8") as handle:
+      points = [json.loads(line) for line in handle]
+    curve = sorted((p["step"], p["eval_perplexity"]) for p in points if "eval_perplexity" in p)
+    if curve:
+      axis.plot(*zip(*curve), label=row["point"], linewidth=1)
+      plotted = True
+  axis.set_xlabel("step")
+  axis.set_ylabel("validation perplexity")
+  if plotted:
+    axis.set_yscale("log")
+    axis.legend(fontsize=6, ncol=2)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+
+
+def write_report(root: str, output: str | None = None) -> str:
+  """Writes report.md and the two plots; returns the markdown path."""
+  output = output or root
+  os.makedirs(output, exist_ok=True)
+  rows = read_results(root)
+  plot_bleu_vs_params(rows, os.path.join(output, "bleu_vs_params.png"))
+  plot_curves(root, rows, os.path.join(output, "validation_curves.png"))
+  path = os.path.join(output, "report.md")
+  with open(path, "w", encoding="utf-8") as handle:
+    handle.write("# Sweep results\n\n" + markdown_table(rows) + "\n\n"
+                 "![BLEU against parameters](bleu_vs_params.png)\n\n"
+                 "![Validation curves](validation_curves.png)\n")
+  return path
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--root", required=True)
+  parser.add_argument("--output", default=None)
+  args = parser.parse_args()
+  print(write_report(args.root, args.output))
+
+
+if __name__ == "__main__":
+  main()

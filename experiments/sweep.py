@@ -1,0 +1,191 @@
+"""Runs a sweep: every point is a normal training run; finished points are skipped.
+
+    python -m experiments.sweep --sweep=experiments/sweeps/table3.py[:SCALE] --root=DIR \
+        [--only=base,A_h1] [--parallel=1]
+
+A sweep file defines `get_sweep(arg)` returning `{"name", "config", "points": [{"name",
+"overrides"}]}`. Each point trains in `ROOT/NAME` with `python -m transformer.main`; its summary
+(config, parameter count, steps, wall time, final validation perplexity and BLEU) is appended to
+`ROOT/results.jsonl`. A sweep stopped and started again picks up where it stopped (each point
+resumes from its own checkpoints). `python -m experiments.report --root=DIR` writes the
+comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import ml_collections
+
+from transformer import config as model_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = "results.jsonl"
+
+Launcher = Callable[[list[str], str], int]
+
+
+class SweepError(ValueError):
+  """A sweep file that cannot run: names the point and the key."""
+
+
+def _load_module(path: str, what: str):
+  if not os.path.isfile(path):
+    raise SweepError(f"no {what} file {path}")
+  module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def load_sweep(spec: str) -> dict[str, Any]:
+  """`path/to/sweep.py[:arg]` -> the sweep dict from its `get_sweep(arg)`."""
+  path, _, arg = spec.partition(":")
+  module = _load_module(path, "sweep")
+  return module.get_sweep(arg) if arg else module.get_sweep()
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """The base experiment config of a sweep (its `get_config()`)."""
+  return _load_module(path, "config").get_config()
+
+
+def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]
+                 ) -> ml_collections.ConfigDict:
+  """The base config with the point's overrides applied, as `--config.KEY=VALUE` would."""
+  config = base.copy_and_resolve_references()
+  config.lock()
+  for key, value in point["overrides"].items():
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+      for parent in parents:
+        node = node[parent]
+      if leaf not in node:
+        raise KeyError(leaf)
+      node[leaf] = value
+    except (KeyError, AttributeError, TypeError) as error:
+      raise SweepError(f"point '{point['name']}': unknown or invalid override key '{key}' "
+                       f"({error})") from None
+  return config
+
+
+def validate(sweep: dict[str, Any]) -> list[ml_collections.ConfigDict]:
+  """Checks every point before anything runs; returns their configs."""
+  names = [point["name"] for point in sweep["points"]]
+  duplicates = sorted({name for name in names if names.count(name) > 1})
+  if duplicates:
+    raise SweepError(f"sweep '{sweep['name']}': duplicate point name(s) {', '.join(duplicates)}")
+  base = load_config(os.path.join(REPO, sweep["config"]))
+  configs = []
+  for point in sweep["points"]:
+    config = point_config(base, point)
+    try:
+      model_config.from_dict(config.model.to_dict())
+    except ValueError as error:
+      raise SweepError(f"point '{point['name']}': {error}") from None
+    configs.append(config)
+  return configs
+
+
+def command(sweep: dict[str, Any], point: dict[str, Any], workdir: str) -> list[str]:
+  """The training command line of one point."""
+  flags = [f"--config.{key}={_flag_value(value)}" for key, value in point["overrides"].items()]
+  return [sys.executable, "-m", "transformer.main", f"--config={sweep['config']}",
+          f"--workdir={workdir}", *flags]
+
+
+def _flag_value(value: Any) -> str:
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def subprocess_launcher(argv: list[str], log_path: str) -> int:
+  """Runs one point locally, its output in `log_path`."""
+  with open(log_path, "a", encoding="utf-8") as log:
+    return subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def finished(root: str) -> set[str]:
+  """Names of the points that already have a result."""
+  path = os.path.join(root, RESULTS)
+  if not os.path.exists(path):
+    return set()
+  with open(path, encoding="utf-8") as handle:
+    return {json.loads(line)["point"] for line in handle if line.strip()}
+
+
+def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir: str,
+              seconds: float) -> dict[str, Any]:
+  """The results row of a finished point, from its metrics.jsonl."""
+  last: dict[str, Any] = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as handle:
+    for line in handle:
+      record = json.loads(line)
+      last.update({k: v for k, v in record.items() if k.startswith("eval_") or k == "step"})
+  model = model_config.from_dict(config.model.to_dict())
+  return {"point": point["name"], "overrides": point["overrides"], "params": model.num_params(),
+          "steps": last.get("step"), "wall_seconds": seconds,
+          "eval_perplexity": last.get("eval_perplexity"), "eval_bleu": last.get("eval_bleu"),
+          "eval_loss": last.get("eval_loss")}
+
+
+def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
+              parallel: int = 1, launcher: Launcher = subprocess_launcher) -> list[str]:
+  """Runs the unfinished points (of `only`, if given); returns the names that ran."""
+  configs = dict(zip((p["name"] for p in sweep["points"]), validate(sweep)))
+  unknown = sorted((only or set()) - set(configs))
+  if unknown:
+    raise SweepError(f"--only: no point(s) {', '.join(unknown)} in sweep '{sweep['name']}'")
+  os.makedirs(root, exist_ok=True)
+  done = finished(root)
+  todo = [p for p in sweep["points"]
+          if p["name"] not in done and (not only or p["name"] in only)]
+  for point in sweep["points"]:
+    if point["name"] in done:
+      print(f"skip {point['name']}: finished", flush=True)
+
+  def run_point(point: dict[str, Any]) -> str:
+    workdir = os.path.join(root, point["name"])
+    os.makedirs(workdir, exist_ok=True)
+    start = time.time()
+    print(f"run {point['name']} -> {workdir}", flush=True)
+    code = launcher(command(sweep, point, workdir), os.path.join(workdir, "log.txt"))
+    if code != 0:
+      raise RuntimeError(f"point '{point['name']}' failed (exit {code}); see "
+                         f"{os.path.join(workdir, 'log.txt')}")
+    row = summarize(point, configs[point["name"]], workdir, time.time() - start)
+    with open(os.path.join(root, RESULTS), "a", encoding="utf-8") as handle:
+      handle.write(json.dumps(row) + "\n")
+    print(f"done {point['name']}: perplexity {row['eval_perplexity']} BLEU {row['eval_bleu']}",
+          flush=True)
+    return point["name"]
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
+    return list(pool.map(run_point, todo))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sweep", required=True, help="sweep file, optionally :ARG")
+  parser.add_argument("--root", required=True, help="directory of the points' workdirs")
+  parser.add_argument("--only", default="", help="comma-separated point names")
+  parser.add_argument("--parallel", type=int, default=1, help="points trained at once")
+  args = parser.parse_args()
+  try:
+    sweep = load_sweep(args.sweep)
+    only = {name for name in args.only.split(",") if name} or None
+    run_sweep(sweep, args.root, only, args.parallel)
+  except (SweepError, RuntimeError) as error:
+    raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,101 @@
+"""Sweeps as data: expansion, validation, skip-finished, report."""
+
+import json
+import os
+
+import pytest
+
+from experiments import report, sweep
+from experiments.sweeps import table3
+
+
+def test_table3_expands_to_the_paper_rows():
+  for scale in ("cpu", "tpu"):
+    definition = table3.get_sweep(scale)
+    names = [p["name"] for p in definition["points"]]
+    assert names[0] == "base" and len(names) == len(set(names)) == 19
+    configs = dict(zip(names, sweep.validate(definition)))
+    base = configs["base"].model
+    for h in (1, 4, 16, 32):  # (A): d_k = d_v = d_model / h keeps computation constant
+      model = configs[f"A_h{h}"].model
+      assert model.num_heads == h and model.d_k == model.d_v == base.d_model // h
+  tpu = dict(zip([p["name"] for p in table3.get_sweep("tpu")["points"]],
+                 sweep.validate(table3.get_sweep("tpu"))))
+  assert tpu["base"].model.d_model == 512 and tpu["B_dk16"].model.d_k == 16
+  assert tpu["C_N8"].model.encoder_layers == 8 and tpu["C_d1024"].model.d_model == 1024
+  assert tpu["C_ff4096"].model.d_ff == 4096 and tpu["D_ls0.2"].train.label_smoothing == 0.2
+  assert tpu["E_learned"].model.positional_encoding == "learned"
+
+
+def small_sweep(points):
+  return {"name": "test", "config": "tests/tiny_config.py", "points": points}
+
+
+def test_bad_sweeps_fail_before_anything_runs(tmp_path):
+  ran = []
+  launcher = lambda argv, log: ran.append(argv) or 0
+  with pytest.raises(sweep.SweepError, match=r"point 'typo': unknown or invalid override key "
+                                             r"'model.d_modle'"):
+    sweep.run_sweep(small_sweep([{"name": "ok", "overrides": {}},
+                                 {"name": "typo", "overrides": {"model.d_modle": 8}}]),
+                    str(tmp_path), launcher=launcher)
+  with pytest.raises(sweep.SweepError, match=r"duplicate point name\(s\) a"):
+    sweep.run_sweep(small_sweep([{"name": "a", "overrides": {}}, {"name": "a", "overrides": {}}]),
+                    str(tmp_path), launcher=launcher)
+  with pytest.raises(sweep.SweepError, match=r"point 'odd': ModelConfig.d_model \(30\)"):
+    sweep.run_sweep(small_sweep([{"name": "odd", "overrides": {"model.d_model": 30}}]),
+                    str(tmp_path), launcher=launcher)
+  assert ran == []
+
+
+def fake_training(argv, log_path):
+  """Stands in for `transformer.main`: writes the metrics a run would."""
+  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as handle:
+    for step in (10, 20):
+      handle.write(json.dumps({"step": step, "eval_perplexity": 100.0 / step,
+                               "eval_loss": 1.0 / step, "eval_bleu": float(step)}) + "\n")
+  return 0
+
+
+def test_runner_records_results_and_skips_finished_points(tmp_path):
+  definition = small_sweep([{"name": "base", "overrides": {}},
+                            {"name": "wide", "overrides": {"model.d_ff": 128}},
+                            {"name": "deep", "overrides": {"model.encoder_layers": 3}}])
+  calls = []
+  launcher = lambda argv, log: calls.append(argv) or fake_training(argv, log)
+  assert sweep.run_sweep(definition, str(tmp_path), only={"base", "wide"},
+                         launcher=launcher) == ["base", "wide"]
+  assert "--config.model.d_ff=128" in calls[1]
+  # Restarted: the finished points are skipped.
+  assert sweep.run_sweep(definition, str(tmp_path), launcher=launcher) == ["deep"]
+  rows = report.read_results(str(tmp_path))
+  assert [r["point"] for r in rows] == ["base", "wide", "deep"]
+  assert rows[1]["eval_bleu"] == 20.0 and rows[1]["steps"] == 20 and rows[1]["params"] > 0
+  with pytest.raises(sweep.SweepError, match="--only: no point"):
+    sweep.run_sweep(definition, str(tmp_path), only={"nope"}, launcher=launcher)
+
+
+def test_failed_point_is_not_recorded(tmp_path):
+  with pytest.raises(RuntimeError, match="point 'base' failed"):
+    sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
+                    launcher=lambda argv, log: 1)
+  assert sweep.finished(str(tmp_path)) == set()
+
+
+def test_report_from_fabricated_results(tmp_path):
+  rows = [{"point": "base", "overrides": {"model.d_model": 512, "model.num_heads": 8},
+           "params": 63_000_000, "eval_perplexity": 4.92, "eval_bleu": 25.8, "steps": 100,
+           "wall_seconds": 120.0},
+          {"point": "A_h1", "overrides": {"model.d_model": 512, "model.num_heads": 1},
+           "params": 63_000_000, "eval_perplexity": 5.29, "eval_bleu": 24.9, "steps": 100,
+           "wall_seconds": 60.0}]
+  with open(tmp_path / "results.jsonl", "w") as handle:
+    handle.writelines(json.dumps(r) + "\n" for r in rows)
+  path = report.write_report(str(tmp_path))
+  text = open(path).read()
+  assert "| base |  | 512 |" in text and "| 4.92 | 25.8 | 63.0 | 2.0 |" in text
+  a_row = next(line for line in text.splitlines() if line.startswith("| A_h1"))
+  assert "| 1 |" in a_row and "512" not in a_row  # only what the row changes
+  for image in ("bleu_vs_params.png", "validation_curves.png"):
+    assert os.path.getsize(tmp_path / image) > 1000
