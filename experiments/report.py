@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import matplotlib
+import tensorflow as tf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -28,7 +29,7 @@ COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff",
 def read_results(root: str) -> list[dict[str, Any]]:
   """The rows of `results.jsonl`, the last one per point winning."""
   rows: dict[str, dict[str, Any]] = {}
-  with open(os.path.join(root, "results.jsonl"), encoding="utf-8") as handle:
+  with tf.io.gfile.GFile(os.path.join(root, "results.jsonl")) as handle:
     for line in handle:
       if line.strip():
         row = json.loads(line)
@@ -83,9 +84,9 @@ def plot_curves(root: str, rows: list[dict[str, Any]], path: str) -> None:
   plotted = False
   for row in rows:
     metrics = os.path.join(root, row["point"], "metrics.jsonl")
-    if not os.path.exists(metrics):
+    if not tf.io.gfile.exists(metrics):
       continue
-    with open(metrics, encoding="utf-8") as handle:
+    with tf.io.gfile.GFile(metrics) as handle:
       points = [json.loads(line) for line in handle]
     curve = sorted((p["step"], p["eval_perplexity"]) for p in points if "eval_perplexity" in p)
     if curve:
@@ -102,8 +103,9 @@ def plot_curves(root: str, rows: list[dict[str, Any]], path: str) -> None:
 
 
 def write_report(root: str, output: str | None = None) -> str:
-  """Writes report.md and the two plots; returns the markdown path."""
-  output = output or root
+  """Writes report.md and the two plots (into `output`, default the root if it is local, else
+  ./sweep_report); returns the markdown path."""
+  output = output or (root if "://" not in root else "sweep_report")
   os.makedirs(output, exist_ok=True)
   rows = read_results(root)
   plot_bleu_vs_params(rows, os.path.join(output, "bleu_vs_params.png"))

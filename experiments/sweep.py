@@ -20,10 +20,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable
 
 import ml_collections
+import tensorflow as tf
 
 from transformer import config as model_config
 
@@ -109,24 +111,32 @@ def _flag_value(value: Any) -> str:
 
 def subprocess_launcher(argv: list[str], log_path: str) -> int:
   """Runs one point locally, its output in `log_path`."""
-  with open(log_path, "a", encoding="utf-8") as log:
+  with open(log_path, "a", encoding="utf-8") as log:  # local roots only
     return subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
 def finished(root: str) -> set[str]:
   """Names of the points that already have a result."""
   path = os.path.join(root, RESULTS)
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return set()
-  with open(path, encoding="utf-8") as handle:
+  with tf.io.gfile.GFile(path) as handle:
     return {json.loads(line)["point"] for line in handle if line.strip()}
+
+
+def append_result(root: str, row: dict[str, Any]) -> None:
+  """Adds a row to results.jsonl (rewritten whole: gs:// has no append)."""
+  path = os.path.join(root, RESULTS)
+  existing = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
+  with tf.io.gfile.GFile(path, "w") as handle:
+    handle.write(existing + json.dumps(row) + "\n")
 
 
 def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir: str,
               seconds: float) -> dict[str, Any]:
   """The results row of a finished point, from its metrics.jsonl."""
   last: dict[str, Any] = {}
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as handle:
+  with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as handle:
     for line in handle:
       record = json.loads(line)
       last.update({k: v for k, v in record.items() if k.startswith("eval_") or k == "step"})
@@ -144,7 +154,7 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
   unknown = sorted((only or set()) - set(configs))
   if unknown:
     raise SweepError(f"--only: no point(s) {', '.join(unknown)} in sweep '{sweep['name']}'")
-  os.makedirs(root, exist_ok=True)
+  tf.io.gfile.makedirs(root)
   done = finished(root)
   todo = [p for p in sweep["points"]
           if p["name"] not in done and (not only or p["name"] in only)]
@@ -154,7 +164,7 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
 
   def run_point(point: dict[str, Any]) -> str:
     workdir = os.path.join(root, point["name"])
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)
     start = time.time()
     print(f"run {point['name']} -> {workdir}", flush=True)
     code = launcher(command(sweep, point, workdir), os.path.join(workdir, "log.txt"))
@@ -162,12 +172,13 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
       raise RuntimeError(f"point '{point['name']}' failed (exit {code}); see "
                          f"{os.path.join(workdir, 'log.txt')}")
     row = summarize(point, configs[point["name"]], workdir, time.time() - start)
-    with open(os.path.join(root, RESULTS), "a", encoding="utf-8") as handle:
-      handle.write(json.dumps(row) + "\n")
+    with lock:  # points finish concurrently with --parallel
+      append_result(root, row)
     print(f"done {point['name']}: perplexity {row['eval_perplexity']} BLEU {row['eval_bleu']}",
           flush=True)
     return point["name"]
 
+  lock = threading.Lock()
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
     return list(pool.map(run_point, todo))
 
