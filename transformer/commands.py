@@ -169,7 +169,7 @@ def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
       encoded[number - 1] = ids[:max_source - 1] + [EOS_ID]
   for start in range(0, len(lines), batch_size):
     chunk = encoded[start:start + batch_size]
-    width = pipeline._bucket_length(max(len(ids) for ids in chunk), max_source)
+    width = pipeline.bucket_length(max(len(ids) for ids in chunk), max_source)
     batch = np.zeros((batch_size, width), np.int32)
     for row, ids in enumerate(chunk):
       batch[row, :len(ids)] = ids

@@ -38,17 +38,6 @@ def _gather_beams(tree: Any, indices: jnp.ndarray, batch_size: int, beams_in: in
   return jax.tree.map(gather, tree)
 
 
-def repeat_for_beams(tree: Any, beam_size: int) -> Any:
-  """`[B, ...]` -> `[B * K, ...]` for every cache leaf (batch axis as described above)."""
-
-  def repeat(x):
-    if x.ndim <= 1:
-      return x
-    return jnp.repeat(x, beam_size, axis=1 if x.ndim == 5 else 0)
-
-  return jax.tree.map(repeat, tree)
-
-
 def _constrain(logprobs: jnp.ndarray, step: jnp.ndarray, max_lengths: jnp.ndarray,
                eos_id: int, pad_id: int) -> jnp.ndarray:
   """Never padding (id `pad_id` is also the start symbol); only EOS once a sentence reaches its

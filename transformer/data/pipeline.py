@@ -124,7 +124,7 @@ def training_dataset(dataset: tf.data.Dataset, tokenizer: Tokenizer, *, max_leng
   return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _bucket_length(length: int, max_length: int) -> int:
+def bucket_length(length: int, max_length: int) -> int:
   """Padded length of an eval batch: the next power of two >= 8, at most `max_length`."""
   return int(min(max(8, 1 << (max(length, 1) - 1).bit_length()), max_length))
 
@@ -162,7 +162,7 @@ def evaluation_batches(dataset: tf.data.Dataset, tokenizer: Tokenizer, *, batch_
     batch["index"][:len(chosen)] = chosen
     for feature in FEATURES:
       rows = [_truncate(encoded[feature][i], max_length) for i in chosen]
-      width = _bucket_length(max(len(r) for r in rows), max_length)
+      width = bucket_length(max(len(r) for r in rows), max_length)
       batch[feature] = np.zeros([batch_size, width], np.int32)
       for row, ids in zip(batch[feature], rows):
         row[:len(ids)] = ids
