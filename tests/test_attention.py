@@ -7,7 +7,8 @@ import flax.linen as nn
 import pytest
 
 from transformer import config as configs
-from transformer.attention import MultiHeadAttention, fused_attention, reference_attention
+from transformer.attention import (MultiHeadAttention, blockwise_attention, fused_attention,
+                                  reference_attention)
 
 from helpers import numpy_attention, numpy_multi_head_attention
 
@@ -31,6 +32,21 @@ def test_reference_attention_matches_numpy():
   assert not np.any(np.asarray(weights)[~np.broadcast_to(mask, weights.shape)])
 
 
+@pytest.mark.parametrize("block_size", [2, 4, 16])
+def test_blockwise_kernel_equals_reference(block_size):
+  q, k, v, mask = random_qkv(5, q_len=7, kv_len=9)
+  mask[1, 0, 3] = False  # a fully masked query row
+  reference, _ = reference_attention(q, k, v, mask)
+  np.testing.assert_allclose(blockwise_attention(q, k, v, mask, block_size), reference,
+                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(blockwise_attention(q, k, v, None, block_size),
+                             reference_attention(q, k, v, None)[0], atol=1e-5, rtol=1e-5)
+  grad = lambda f: jax.grad(lambda q: jnp.sum(f(q) ** 2))(jnp.asarray(q))
+  np.testing.assert_allclose(grad(lambda q: blockwise_attention(q, k, v, mask, block_size)),
+                             grad(lambda q: reference_attention(q, k, v, mask)[0]), atol=1e-4,
+                             rtol=1e-4)
+
+
 def test_fused_kernel_equals_reference():
   q, k, v, mask = random_qkv(1, d_v=4)
   reference, _ = reference_attention(q, k, v, mask)
@@ -52,7 +68,7 @@ def test_attention_dropout_only_when_training():
   assert not np.allclose(plain, dropped)
 
 
-@pytest.mark.parametrize("kernel", ["xla", "jax"])
+@pytest.mark.parametrize("kernel", ["xla", "jax", "blockwise"])
 def test_multi_head_attention_matches_numpy(kernel):
   config = configs.tiny(d_model=12, num_heads=3, attention_kernel=kernel)
   rng = np.random.RandomState(4)

@@ -113,6 +113,7 @@ def incremental_logits(config, params, inputs, targets):
 @pytest.mark.parametrize("overrides", [
     {}, {"normalization": "pre"}, {"positional_encoding": "learned"}, {"scan_layers": True},
     {"share_embeddings": False, "target_vocab_size": 50, "tie_output_embedding": False},
+    {"attention_kernel": "blockwise", "attention_block_size": 4},
 ])
 def test_cached_decoding_equals_full_forward(overrides):
   config = configs.tiny(**overrides)
@@ -121,6 +122,19 @@ def test_cached_decoding_equals_full_forward(overrides):
   targets = random_tokens(1, (3, 6), 50)
   np.testing.assert_allclose(incremental_logits(config, params, inputs, targets),
                              forward(config, params, inputs, targets), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["jax", "blockwise"])
+def test_attention_kernels_give_the_same_model(kernel):
+  config = configs.tiny(attention_block_size=4)
+  _, params = init_params(config)
+  inputs = random_tokens(0, (2, 9), config.vocab_size).at[1, 6:].set(0)
+  targets = random_tokens(1, (2, 7), config.vocab_size).at[1, 5:].set(0)
+  real = np.asarray(targets > 0)
+  reference = np.asarray(forward(config, params, inputs, targets))[real]
+  other = np.asarray(forward(config.replace(attention_kernel=kernel), params, inputs,
+                             targets))[real]
+  np.testing.assert_allclose(other, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_decode_cache_holds_encoder_keys_values_once():

@@ -47,6 +47,67 @@ def fused_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
   return jax.nn.dot_product_attention(query, key, value, mask=mask)
 
 
+def blockwise_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
+                        mask: jnp.ndarray | None, block_size: int = 512) -> jnp.ndarray:
+  """The same function computed block by block with an online softmax (memory-efficient).
+
+  Queries are processed `block_size` at a time; for each query block a scan over key blocks
+  keeps the running maximum `m`, normalizer `l` and weighted sum `acc` (Milakov & Gimelshein
+  2018; Rabe & Staats 2021), so the `[Q, S]` logits never exist at once: memory grows as
+  O(Q * block_size) instead of O(Q * S) (plus the boolean mask, if one is given; None costs
+  nothing). The scan body is rematerialized in the backward pass.
+  """
+  batch, q_len, heads, d_k = query.shape
+  s_len, d_v = key.shape[1], value.shape[-1]
+  q_block, k_block = min(block_size, q_len), min(block_size, s_len)
+  q_blocks, k_blocks = -(-q_len // q_block), -(-s_len // k_block)
+  pad = lambda x, length, to: jnp.pad(x, [(0, 0), (0, to - length)] + [(0, 0)] * (x.ndim - 2))
+  query = pad(query, q_len, q_blocks * q_block) * (1.0 / jnp.sqrt(jnp.float32(d_k))).astype(
+      query.dtype)
+  key, value = pad(key, s_len, k_blocks * k_block), pad(value, s_len, k_blocks * k_block)
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], q_len, s_len))
+    mask = jnp.pad(mask, [(0, 0), (0, 0), (0, q_blocks * q_block - q_len),
+                          (0, k_blocks * k_block - s_len)])
+  key_is_real = jnp.arange(k_blocks * k_block) < s_len
+
+  def attend_query_block(qi):
+    q = jax.lax.dynamic_slice_in_dim(query, qi * q_block, q_block, axis=1)  # [B, q, H, K]
+    if mask is not None:
+      q_mask = jax.lax.dynamic_slice_in_dim(mask, qi * q_block, q_block, axis=2)
+
+    @jax.checkpoint
+    def step(carry, ki):
+      m, l, acc = carry  # [B, H, q], [B, H, q], [B, q, H, V]
+      k = jax.lax.dynamic_slice_in_dim(key, ki * k_block, k_block, axis=1)
+      v = jax.lax.dynamic_slice_in_dim(value, ki * k_block, k_block, axis=1)
+      real = jax.lax.dynamic_slice_in_dim(key_is_real, ki * k_block, k_block)
+      logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)
+      # Masked keys get the reference's large negative logit; padding keys an even smaller one,
+      # so that a fully masked row averages the real keys exactly as the reference does.
+      if mask is not None:
+        block_mask = jax.lax.dynamic_slice_in_dim(q_mask, ki * k_block, k_block, axis=3)
+        logits = jnp.where(block_mask, logits, _MASKED_LOGIT)
+      logits = jnp.where(real, logits, 2 * _MASKED_LOGIT)
+      m_new = jnp.maximum(m, logits.max(axis=-1))
+      p = jnp.exp(logits - m_new[..., None])
+      correction = jnp.exp(m - m_new)
+      l = l * correction + p.sum(axis=-1)
+      acc = acc * jnp.transpose(correction, (0, 2, 1))[..., None] + jnp.einsum(
+          "bhqs,bshv->bqhv", p, v.astype(jnp.float32))
+      return (m_new, l, acc), None
+
+    initial = (jnp.full((batch, heads, q_block), 4 * _MASKED_LOGIT, jnp.float32),
+               jnp.zeros((batch, heads, q_block), jnp.float32),
+               jnp.zeros((batch, q_block, heads, d_v), jnp.float32))
+    (_, l, acc), _ = jax.lax.scan(step, initial, jnp.arange(k_blocks))
+    return acc / jnp.transpose(l, (0, 2, 1))[..., None]
+
+  blocks = jax.lax.map(attend_query_block, jnp.arange(q_blocks))  # [nq, B, q, H, V]
+  output = jnp.moveaxis(blocks, 0, 1).reshape(batch, q_blocks * q_block, heads, d_v)
+  return output[:, :q_len].astype(value.dtype)
+
+
 def _projection(config: ModelConfig, per_head_size: int, name: str) -> nn.DenseGeneral:
   """A `[B, L, D] -> [B, L, H, per_head_size]` projection (W^Q, W^K or W^V for all heads)."""
   return nn.DenseGeneral(
@@ -94,6 +155,8 @@ class MultiHeadAttention(nn.Module):
       dropout_rng = self.make_rng("dropout")
     if config.attention_kernel == "jax":
       attended = fused_attention(query, key, value, mask)
+    elif config.attention_kernel == "blockwise":
+      attended = blockwise_attention(query, key, value, mask, config.attention_block_size)
     else:
       attended, weights = reference_attention(query, key, value, mask, dropout_rng,
                                               config.attention_dropout_rate)

@@ -15,7 +15,7 @@ POSITIONAL_ENCODINGS = ("sinusoidal", "learned", "none")
 NORMALIZATIONS = ("post", "pre")
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_KERNELS = ("xla", "jax")
+ATTENTION_KERNELS = ("xla", "jax", "blockwise")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -51,6 +51,8 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_kernel: str = "xla"
+  # Query/key block size of the blockwise (memory-efficient) kernel.
+  attention_block_size: int = 512
   remat_policy: str = "none"
   scan_layers: bool = False
   pad_id: int = 0
@@ -116,7 +118,7 @@ def _check_positive_int(name: str, value: Any) -> None:
 def _validate(config: ModelConfig) -> None:
   """Raises ValueError naming the offending field and what is allowed."""
   positive = ("vocab_size", "d_model", "num_heads", "d_ff", "encoder_layers", "decoder_layers",
-              "max_len")
+              "max_len", "attention_block_size")
   for name in positive:
     _check_positive_int(name, getattr(config, name))
   if config.target_vocab_size is not None and config.target_vocab_size <= 0:
@@ -151,13 +153,13 @@ def _validate(config: ModelConfig) -> None:
       and config.target_vocab_size != config.vocab_size):
     raise ValueError("ModelConfig.share_embeddings=True needs one vocabulary: target_vocab_size "
                      f"({config.target_vocab_size}) differs from vocab_size ({config.vocab_size})")
-  if config.attention_kernel == "jax":
-    if config.d_k != config.d_v:
-      raise ValueError("ModelConfig.attention_kernel='jax' needs d_k == d_v "
-                       f"(got d_k={config.d_k}, d_v={config.d_v}); use 'xla'")
-    if config.attention_dropout_rate:
-      raise ValueError("ModelConfig.attention_kernel='jax' has no attention dropout; set "
-                       "attention_dropout_rate=0 or use attention_kernel='xla'")
+  if config.attention_kernel == "jax" and config.d_k != config.d_v:
+    raise ValueError("ModelConfig.attention_kernel='jax' needs d_k == d_v "
+                     f"(got d_k={config.d_k}, d_v={config.d_v}); use 'xla' or 'blockwise'")
+  if config.attention_kernel != "xla" and config.attention_dropout_rate:
+    raise ValueError(f"ModelConfig.attention_kernel='{config.attention_kernel}' has no "
+                     "attention dropout; set attention_dropout_rate=0 or use "
+                     "attention_kernel='xla'")
   if not 0 <= config.pad_id < config.vocab_size:
     raise ValueError(f"ModelConfig.pad_id must be a token id in [0, vocab_size), got "
                      f"{config.pad_id!r}")
