@@ -138,3 +138,31 @@ def test_cli_entry_point(fake_gcloud):
   result = subprocess.run([sys.executable, "-m", "launch.tpu", "status", *BASE], cwd=REPO,
                           capture_output=True, text=True, env=dict(os.environ))
   assert result.returncode == 0 and result.stdout.strip() == "READY"
+
+
+def test_sweep_points_run_on_free_vms(fake_gcloud, tmp_path):
+  from experiments import report, sweep
+  vms = tpu.queue.Queue()
+  for index in range(2):
+    options = tpu.parse(["sweep", *BASE, f"--name=vm{index}", "--accelerator_type=v4-8"])
+    vms.put(tpu.TpuVm(tpu.Gcloud(dry_run=False), options))
+  fake_gcloud.running(0, 1, 1, 1)  # the first point is still running at the first check
+  definition = {"name": "t", "config": "tests/tiny_config.py",
+                "points": [{"name": "a", "overrides": {"model.d_ff": 32}},
+                           {"name": "b", "overrides": {"model.d_ff": 64}}]}
+
+  launch = tpu.sweep_launcher(vms, poll_seconds=0)
+
+  def launch_and_fake_metrics(argv, log_path):
+    code = launch(argv, log_path)
+    workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+    (tmp_path / "root" / os.path.basename(workdir) / "metrics.jsonl").write_text(
+        json.dumps({"step": 5, "eval_perplexity": 9.0, "eval_bleu": 1.0}) + "\n")
+    return code
+
+  assert sorted(sweep.run_sweep(definition, str(tmp_path / "root"), parallel=2,
+                                launcher=launch_and_fake_metrics)) == ["a", "b"]
+  trains = [c for c in fake_gcloud.calls() if "ssh" in c and "nohup" in c[-1]]
+  assert len(trains) == 2 and {c[4] for c in trains} <= {"vm0", "vm1"}
+  assert any("--config.model.d_ff=32" in c[-1] for c in trains)
+  assert "| a |" in open(report.write_report(str(tmp_path / "root"))).read()
