@@ -66,6 +66,13 @@ def make_manager(directory: str, *, keep: int, save_every: int, best_metric: str
                                item_names=(STATE, ITERATOR, METADATA))
 
 
+def read_only_manager(directory: str) -> ocp.CheckpointManager:
+  """A manager for reading the checkpoints of `directory` (evaluation, averaging)."""
+  return ocp.CheckpointManager(epath.Path(directory),
+                               options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_names=(STATE, ITERATOR, METADATA))
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any, iterator: Any,
          metadata: dict[str, Any], metrics: dict[str, float] | None = None,
          force: bool = False) -> bool:

@@ -51,9 +51,7 @@ def load(config: ml_collections.ConfigDict, directory: str, step: int | None = N
   if not tf.io.gfile.isdir(directory):
     raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
                             f"`python -m transformer.main --config=... --workdir=...`")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_names=(checkpointing.STATE, checkpointing.ITERATOR,
-                                              checkpointing.METADATA))
+  manager = checkpointing.read_only_manager(directory)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
@@ -70,15 +68,6 @@ def load(config: ml_collections.ConfigDict, directory: str, step: int | None = N
   state, _ = checkpointing.restore(manager, step, setup.abstract_state)
   tokenizer = Tokenizer(checkpointing.decode_bytes(metadata["tokenizer"]))
   return Loaded(trained, setup.model, state.params, tokenizer, step, setup.mesh)
-
-
-def decode_options(config: ml_collections.ConfigDict) -> inference.DecodeOptions:
-  """The config's decoding settings."""
-  decode = config.decode
-  return inference.DecodeOptions(
-      method=decode.method, beam_size=decode.beam_size, alpha=decode.alpha,
-      extra_length=decode.extra_length, temperature=decode.temperature, top_k=decode.top_k,
-      use_cache=decode.use_cache)
 
 
 def _file_eval_set(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> inputs.EvalSet:
@@ -108,7 +97,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
     builder = datasets.prepare(trained.data)
     evaluation_set = inputs.eval_set(builder, trained, loaded.tokenizer, name)
   hypotheses, _ = evaluation.translate_eval_set(loaded.model, loaded.params, evaluation_set,
-                                                loaded.tokenizer, decode_options(trained),
+                                                loaded.tokenizer, inference.DecodeOptions.from_config(trained.decode),
                                                 loaded.mesh)
   result = evaluation.score(hypotheses, evaluation_set.references, trained.data.target_lang,
                             config.eval.bleu_style)
@@ -153,7 +142,7 @@ def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
   `config.eval.nbest` > 1 each input gives n lines `index<TAB>score<TAB>translation`.
   """
   loaded = load(config, directory or checkpoint_dir(workdir))
-  options = decode_options(loaded.config)
+  options = inference.DecodeOptions.from_config(loaded.config.decode)
   nbest = config.eval.nbest
   if nbest > options.num_beams:
     raise ValueError(f"config.eval.nbest ({nbest}) must not exceed the number of beams "
@@ -195,9 +184,7 @@ def average(config: ml_collections.ConfigDict, workdir: str) -> str:
   `--checkpoint_dir=WORKDIR/averaged` evaluates or translates with it.
   """
   directory = checkpoint_dir(workdir)
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_names=(checkpointing.STATE, checkpointing.ITERATOR,
-                                              checkpointing.METADATA))
+  manager = checkpointing.read_only_manager(directory)
   steps = sorted(manager.all_steps())[-config.eval.num_average:]
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {directory} to average")
@@ -227,7 +214,7 @@ def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: st
   model = Transformer(loaded.model.config.replace(attention_kernel="xla"))  # sows the weights
   tokenizer = loaded.tokenizer
   source = np.asarray(tokenizer.encode([sentence]), np.int32)
-  ids, _ = inference.translate_ids(model, loaded.params, source, decode_options(loaded.config))
+  ids, _ = inference.translate_ids(model, loaded.params, source, inference.DecodeOptions.from_config(loaded.config.decode))
   target = np.asarray(ids)[0, 0]
   target = target[:int(np.argmax(target == EOS_ID)) + 1] if EOS_ID in target else target
   _, variables = model.apply({"params": loaded.params}, source, target[None],

@@ -37,6 +37,13 @@ class DecodeOptions:
     if self.beam_size < 1:
       raise ValueError(f"config.decode.beam_size must be positive, got {self.beam_size}")
 
+  @classmethod
+  def from_config(cls, decode: Any) -> "DecodeOptions":
+    """The settings of an experiment config's `decode` section."""
+    return cls(method=decode.method, beam_size=decode.beam_size, alpha=decode.alpha,
+               extra_length=decode.extra_length, temperature=decode.temperature,
+               top_k=decode.top_k, use_cache=decode.use_cache)
+
   @property
   def num_beams(self) -> int:
     """Hypotheses kept per sentence."""

@@ -218,11 +218,7 @@ def evaluate(eval_step, params: Any, evaluation: inputs.EvalSet, mesh: Mesh) -> 
 def bleu_metrics(setup: Setup, config: ml_collections.ConfigDict, params: Any,
                  evaluation_set: inputs.EvalSet, tokenizer: Tokenizer) -> dict[str, Any]:
   """sacreBLEU and chrF of the configured decoding (beam search by default) on a split."""
-  decode = config.decode
-  options = inference.DecodeOptions(
-      method=decode.method, beam_size=decode.beam_size, alpha=decode.alpha,
-      extra_length=decode.extra_length, temperature=decode.temperature, top_k=decode.top_k,
-      use_cache=decode.use_cache)
+  options = inference.DecodeOptions.from_config(config.decode)
   hypotheses, _ = evaluation.translate_eval_set(setup.model, params, evaluation_set, tokenizer,
                                                 options, setup.mesh)
   return evaluation.score(hypotheses, evaluation_set.references, config.data.target_lang,
