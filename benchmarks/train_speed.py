@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -147,14 +146,24 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
 
 
 def peak_rss_growth(size: str, framework: str, steps: int) -> int:
-  """Bytes by which training grows a fresh process's peak resident set (child process)."""
-  code = (f"import resource, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); "
-          f"import train_speed as t; before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+  """Bytes by which training grows a fresh process's peak resident set (child process).
+
+  Read from /proc/self/status (VmHWM), which starts afresh at exec; getrusage's ru_maxrss would
+  carry over the parent's peak.
+  """
+  code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+          "import train_speed as t; before = t.high_water_mark(); "
           f"f = t.jax_step({size!r})[0] if {framework!r} == 'jax' else t.torch_step({size!r}, "
-          f"False); f({steps}); "
-          f"print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)")
+          f"False); f({steps}); print(t.high_water_mark() - before)")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
   return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else -1
+
+
+def high_water_mark() -> int:
+  """This process's peak resident set so far, in bytes (Linux)."""
+  with open("/proc/self/status") as status:
+    line = next(line for line in status if line.startswith("VmHWM:"))
+  return int(line.split()[1]) * 1024
 
 
 def main() -> None:
