@@ -44,7 +44,7 @@ def pipeline_rate(config, builder, tokenizer, batches: int) -> float:
 def step_rate(config, builder, tokenizer, steps: int) -> float:
   """Tokens/s of the jitted train step of the paper's base model on the same batches."""
   setup = run.make_setup(config, tokenizer.vocab_size)
-  state = run.initial_state(setup, config)
+  state = run.initial_state(setup)
   step = run.compiled_train_step(setup, config)
   batches = inputs.train_dataset(builder, config, tokenizer).as_numpy_iterator()
   batch = next(batches)

@@ -46,7 +46,7 @@ def jax_step(size: str):
   config.data.update(dict(packed_length=LENGTH, batch_size=BATCH))
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
   setup = run.make_setup(config, devices=jax.devices()[:1])
-  state = run.initial_state(setup, config)
+  state = run.initial_state(setup)
   rng = np.random.RandomState(0)
   batch = {k: np.array(v) for k, v in training.dummy_batch(BATCH, LENGTH).items()}
   for feature in ("inputs", "targets"):

@@ -30,7 +30,7 @@ def main() -> None:
   config = tiny_config.get_config()
   config.train.warmup_steps = 2
   setup = run.make_setup(config)
-  state = run.initial_state(setup, config)
+  state = run.initial_state(setup)
   step = run.compiled_train_step(setup, config)
   losses = []
   for batch in test_training.fixed_batches(3):

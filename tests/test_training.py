@@ -99,7 +99,7 @@ def losses_on_mesh(config, mesh_shape, devices, batches):
   config = config.copy_and_resolve_references()
   config.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
   setup = run.make_setup(config, devices=devices)
-  state = run.initial_state(setup, config)
+  state = run.initial_state(setup)
   step = run.compiled_train_step(setup, config)
   result = []
   for batch in batches:
@@ -145,7 +145,7 @@ def test_restore_onto_a_different_mesh(data_dir, tmp_path):
   config = tiny_config(data_dir)
   config.mesh.update(dict(data=8, fsdp=1, tensor=1))
   saved_setup = run.make_setup(config)
-  state = run.initial_state(saved_setup, config)
+  state = run.initial_state(saved_setup)
   manager = checkpointing.make_manager(str(tmp_path), keep=2, save_every=1,
                                        best_metric="eval_loss", best_mode="min")
   iterator = _FakeIterator()

@@ -50,6 +50,7 @@ class Setup:
   optimizer: optax.GradientTransformation
   state_shardings: Any
   abstract_state: Any  # ShapeDtypeStructs carrying the shardings
+  init: Any  # () -> boxed initial TrainState
 
 
 _POSITIVE_TRAIN_FIELDS = ("num_steps", "warmup_steps", "log_every_steps", "eval_every_steps",
@@ -98,14 +99,12 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,
   abstract_state = jax.tree.map(
       lambda leaf, shard: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=shard),
       nn.unbox(boxed), state_shardings)
-  return Setup(mesh, model, schedule, optimizer, state_shardings, abstract_state)
+  return Setup(mesh, model, schedule, optimizer, state_shardings, abstract_state, init)
 
 
-def initial_state(setup: Setup, config: ml_collections.ConfigDict) -> training.TrainState:
+def initial_state(setup: Setup) -> training.TrainState:
   """Parameters born sharded: `jax.jit(init, out_shardings=...)`."""
-  batch = training.dummy_batch(1, config.data.packed_length, config.data.packed_inputs_length)
-  init = lambda: nn.unbox(training.init_state(setup.model, setup.optimizer, config.seed, batch))
-  return jax.jit(init, out_shardings=setup.state_shardings)()
+  return jax.jit(lambda: nn.unbox(setup.init()), out_shardings=setup.state_shardings)()
 
 
 def compiled_train_step(setup: Setup, config: ml_collections.ConfigDict):
@@ -306,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, _ = checkpointing.restore(manager, latest, setup.abstract_state, train_iterator)
     report(f"resumed from the checkpoint at step {latest}")
   else:
-    state = initial_state(setup, config)
+    state = initial_state(setup)
 
   train_step = compiled_train_step(setup, config)
   eval_step = compiled_eval_step(setup, config)
