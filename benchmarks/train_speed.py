@@ -3,10 +3,11 @@
     pip install -e '.[bench]'   # CPU torch: see benchmarks/README.md
     python benchmarks/train_speed.py [--sizes tiny,small,base] [--steps 10] [--rounds 3]
 
-The peer stacks `torch.nn.TransformerEncoderLayer`/`TransformerDecoderLayer` with the same sizes
-(post-LN, ReLU, dropout 0.1, tied embeddings scaled by sqrt(d_model), sinusoidal positions), the
+The peer (`torch_peer.py`) stacks `torch.nn.TransformerEncoderLayer`/`TransformerDecoderLayer`
+with the same sizes (post-LN, ReLU, dropout 0.1, tied embeddings, sinusoidal positions), the
 same Adam (0.9, 0.98, 1e-9), label smoothing 0.1 and the same batch of 16 x (32 + 32) tokens; torch
-uses every core and `torch.compile` when that is faster. Rounds alternate between the two so that
+uses every core and `torch.compile` when that is faster; ours runs with the threefry and the rbg
+dropout PRNG (`config.train.prng_impl`), the faster shown. Rounds alternate between the two so that
 machine noise hits both. MFU = (FLOPs per step from XLA's cost analysis of our step, the same
 math for both) / time / peak, the peak being the best of a large jitted JAX matmul and a torch
 matmul measured in this run. Peak memory is each framework's resident-set growth while
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -37,14 +37,15 @@ SIZES = {"tiny": (64, 4, 256, 2), "small": (256, 4, 1024, 3), "base": (512, 8, 2
 VOCAB, BATCH, LENGTH = 8000, 16, 32
 
 
-def jax_step(size: str):
-  """(run k steps -> seconds, FLOPs per step, compiled bytes) for our train step."""
+def jax_setup(size: str, prng_impl: str = "threefry2x32", **model_overrides):
+  """(config, setup, initial state, batch) of our train step at `size` on one device."""
   d_model, heads, d_ff, layers = SIZES[size]
   config = common.base_config()
   config.model.update(dict(vocab_size=VOCAB, d_model=d_model, num_heads=heads, d_ff=d_ff,
-                           encoder_layers=layers, decoder_layers=layers))
+                           encoder_layers=layers, decoder_layers=layers, **model_overrides))
   config.data.update(dict(packed_length=LENGTH, batch_size=BATCH))
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
+  config.train.prng_impl = prng_impl
   setup = run.make_setup(config, devices=jax.devices()[:1])
   state = run.initial_state(setup)
   rng = np.random.RandomState(0)
@@ -53,7 +54,12 @@ def jax_step(size: str):
     batch[feature] = rng.randint(3, VOCAB, (BATCH, LENGTH)).astype(np.int32)
     batch[f"{feature}_segmentation"][:] = 1
     batch[f"{feature}_position"][:] = np.arange(LENGTH)
-  batch = sharding.global_batch(batch, setup.mesh)
+  return config, setup, state, sharding.global_batch(batch, setup.mesh)
+
+
+def jax_step(size: str, prng_impl: str = "threefry2x32", **model_overrides):
+  """(run k steps -> seconds, FLOPs per step, compiled bytes) for our train step."""
+  config, setup, state, batch = jax_setup(size, prng_impl, **model_overrides)
   compiled = run.compiled_train_step(setup, config).lower(state, batch).compile()
   flops = float(compiled.cost_analysis()["flops"])
   memory = compiled.memory_analysis()
@@ -76,36 +82,12 @@ def torch_step(size: str, use_compile: bool):
   import torch
   from torch import nn
 
-  torch.set_num_threads(os.cpu_count() or 1)
+  import torch_peer
+
+  torch_peer.use_all_cores()
   torch.manual_seed(0)
   d_model, heads, d_ff, layers = SIZES[size]
-
-  class Peer(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.embedding = nn.Embedding(VOCAB, d_model)
-      nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
-      position = torch.arange(LENGTH)[:, None]
-      angle = position / 10000 ** (torch.arange(0, d_model, 2) / d_model)
-      encoding = torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(LENGTH, d_model)
-      self.register_buffer("encoding", encoding)
-      self.dropout = nn.Dropout(0.1)
-      self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(
-          d_model, heads, d_ff, 0.1, batch_first=True), layers, enable_nested_tensor=False)
-      self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(
-          d_model, heads, d_ff, 0.1, batch_first=True), layers)
-      self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(LENGTH))
-
-    def embed(self, ids):
-      return self.dropout(self.embedding(ids) * math.sqrt(d_model) + self.encoding)
-
-    def forward(self, source, decoder_input):
-      memory = self.encoder(self.embed(source))
-      output = self.decoder(self.embed(decoder_input), memory, tgt_mask=self.causal,
-                            tgt_is_causal=True)
-      return output @ self.embedding.weight.T
-
-  model = Peer()
+  model = torch_peer.Peer(VOCAB, d_model, heads, d_ff, layers, max_len=LENGTH)
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
   generator = np.random.RandomState(0)
   source = torch.from_numpy(generator.randint(3, VOCAB, (BATCH, LENGTH)))
@@ -178,7 +160,9 @@ def main() -> None:
   tokens_per_step = BATCH * LENGTH * 2
   rows = []
   for size in args.sizes.split(","):
-    ours, flops, footprint = jax_step(size)
+    ours = {}
+    ours["threefry2x32"], flops, footprint = jax_step(size, "threefry2x32")
+    ours["rbg"] = jax_step(size, "rbg")[0]  # config.train.prng_impl: the dropout masks' PRNG
     variants = {"eager": False, "compile": True}
     if args.torch_compile != "auto":
       variants = {"compile" if args.torch_compile == "yes" else "eager":
@@ -189,25 +173,28 @@ def main() -> None:
         peers[name] = torch_step(size, use_compile)
       except Exception as error:  # torch.compile needs a working C++ toolchain
         print(f"torch {name} unavailable: {error}", file=sys.stderr)
-    times = {"jax": [], **{f"torch_{n}": [] for n in peers}}
+    runners = {**{f"jax_{n}": f for n, f in ours.items()},
+               **{f"torch_{n}": f for n, f in peers.items()}}
+    times = {name: [] for name in runners}
     for _ in range(args.rounds):  # interleaved
-      times["jax"].append(ours(args.steps))
-      for name, peer in peers.items():
-        times[f"torch_{name}"].append(peer(args.steps))
+      for name, runner in runners.items():
+        times[name].append(runner(args.steps))
     rate = {k: tokens_per_step * args.steps / float(np.median(v)) for k, v in times.items()}
-    best_torch = max((k for k in rate if k != "jax"), key=rate.get)
+    best_jax = max((k for k in rate if k.startswith("jax")), key=rate.get)
+    best_torch = max((k for k in rate if k.startswith("torch")), key=rate.get)
     step_seconds = {k: tokens_per_step / r for k, r in rate.items()}
     row = {"size": size, "tokens_per_step": tokens_per_step, "flops_per_step": flops,
-           "jax_tokens_per_sec": rate["jax"], "torch_tokens_per_sec": rate[best_torch],
-           "torch_variant": best_torch, "ratio": rate["jax"] / rate[best_torch],
-           "jax_mfu": flops / step_seconds["jax"] / peak,
+           "jax_tokens_per_sec": rate[best_jax], "jax_variant": best_jax,
+           "torch_tokens_per_sec": rate[best_torch],
+           "torch_variant": best_torch, "ratio": rate[best_jax] / rate[best_torch],
+           "jax_mfu": flops / step_seconds[best_jax] / peak,
            "torch_mfu": flops / step_seconds[best_torch] / peak,
            "jax_compiled_bytes": footprint,
            "jax_peak_rss_growth": peak_rss_growth(size, "jax", 3),
            "torch_peak_rss_growth": peak_rss_growth(size, "torch", 3),
            "all_rates": rate}
     rows.append(row)
-    print(f"{size}: ours {rate['jax']:,.0f} tok/s, torch ({best_torch}) "
+    print(f"{size}: ours ({best_jax}) {rate[best_jax]:,.0f} tok/s, torch ({best_torch}) "
           f"{rate[best_torch]:,.0f} tok/s, ratio {row['ratio']:.2f}", flush=True)
   os.makedirs(RESULTS, exist_ok=True)
   with open(os.path.join(RESULTS, "train_speed.json"), "w") as handle:
@@ -216,12 +203,12 @@ def main() -> None:
               indent=2)
   print(f"peak: {peak / 1e9:.0f} GFLOP/s (jax {peaks['jax'] / 1e9:.0f}, torch "
         f"{peaks['torch'] / 1e9:.0f})")
-  print("| size | ours tok/s | torch tok/s (variant) | ratio | our MFU | torch MFU | "
+  print("| size | ours tok/s (variant) | torch tok/s (variant) | ratio | our MFU | torch MFU | "
         "our peak RSS growth | torch peak RSS growth |")
   print("|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['size']} | {r['jax_tokens_per_sec']:,.0f} | {r['torch_tokens_per_sec']:,.0f} "
-          f"({r['torch_variant']}) | {r['ratio']:.2f} | {r['jax_mfu']:.1%} | "
+    print(f"| {r['size']} | {r['jax_tokens_per_sec']:,.0f} ({r['jax_variant']}) | "
+          f"{r['torch_tokens_per_sec']:,.0f} ({r['torch_variant']}) | {r['ratio']:.2f} | {r['jax_mfu']:.1%} | "
           f"{r['torch_mfu']:.1%} | {r['jax_peak_rss_growth'] / 2**20:.0f} MiB | "
           f"{r['torch_peak_rss_growth'] / 2**20:.0f} MiB |")
 

@@ -43,11 +43,18 @@ def _fmt(value: Any, digits: int = 2) -> str:
   return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _bleu_change(row: dict[str, Any], base: dict[str, Any]) -> str:
+  if row is base or row.get("eval_bleu") is None or base.get("eval_bleu") is None:
+    return ""
+  return f"{row['eval_bleu'] - base['eval_bleu']:+.1f}"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
   """Table 3 layout: the base row in full, other rows show only what they change."""
   base = next((r for r in rows if r["point"] == "base"), rows[0])
-  header = ["", *[name for name, _ in COLUMNS], "PPL (dev)", "BLEU (dev)", "params x10^6",
-            "wall min"]
+  with_reference = any(row.get("reference") for row in rows)
+  header = ["", *[name for name, _ in COLUMNS], "PPL (dev)", "BLEU (dev)", "vs base",
+            *(["ref. PPL", "ref. BLEU"] if with_reference else []), "params x10^6", "wall min"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [row["point"]]
@@ -56,7 +63,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
       changed = row is base or value != base["overrides"].get(key)
       cells.append(_fmt(value) if changed and value is not None else "")
     cells += [_fmt(row.get("eval_perplexity")), _fmt(row.get("eval_bleu"), 1),
-              f"{row['params'] / 1e6:.1f}", _fmt(row.get("wall_seconds", 0.0) / 60, 1)]
+              _bleu_change(row, base)]
+    if with_reference:
+      reference = row.get("reference") or {}
+      cells += [_fmt(reference.get("perplexity")), _fmt(reference.get("bleu"), 1)]
+    cells += [f"{row['params'] / 1e6:.1f}",
+              _fmt(row.get("wall_seconds", 0.0) / 60, 1)]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

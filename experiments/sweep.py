@@ -4,7 +4,8 @@
         [--only=base,A_h1] [--parallel=1]
 
 A sweep file defines `get_sweep(arg)` returning `{"name", "config", "points": [{"name",
-"overrides"}]}`. Each point trains in `ROOT/NAME` with `python -m transformer.main`; its summary
+"overrides"}]}` and optionally `"reference": {point: {"perplexity", "bleu"}}` (published numbers,
+shown beside ours in the report). Each point trains in `ROOT/NAME` with `python -m transformer.main`; its summary
 (config, parameter count, steps, wall time, final validation perplexity and BLEU) is appended to
 `ROOT/results.jsonl`. A sweep stopped and started again picks up where it stopped (each point
 resumes from its own checkpoints). `python -m experiments.report --root=DIR` writes the
@@ -172,6 +173,8 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
       raise RuntimeError(f"point '{point['name']}' failed (exit {code}); see "
                          f"{os.path.join(workdir, 'log.txt')}")
     row = summarize(point, configs[point["name"]], workdir, time.time() - start)
+    if point["name"] in sweep.get("reference", {}):
+      row["reference"] = sweep["reference"][point["name"]]
     with lock:  # points finish concurrently with --parallel
       append_result(root, row)
     print(f"done {point['name']}: perplexity {row['eval_perplexity']} BLEU {row['eval_bleu']}",

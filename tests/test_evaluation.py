@@ -4,6 +4,7 @@ import io
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -49,10 +50,18 @@ def test_evaluate_writes_hypotheses_and_reports_bleu(trained):
   result = commands.evaluate(config, workdir)
   assert result["step"] == 30 and result["sentences"] == 40 and result["split"] == "test"
   assert 0.0 <= result["bleu"] <= 100.0 and "tok:13a" in result["bleu_signature"]
-  hypotheses = open(os.path.join(workdir, "eval", "test.step30.hyp.txt")).read().splitlines()
+  hypotheses = open(os.path.join(workdir, "eval", "test.step30.beam2.hyp.txt")).read().splitlines()
   assert len(hypotheses) == 40
-  saved = json.load(open(os.path.join(workdir, "eval", "test.step30.json")))
+  saved = json.load(open(os.path.join(workdir, "eval", "test.step30.beam2.json")))
   assert saved["bleu"] == result["bleu"]
+
+
+def test_output_names_keep_checkpoints_and_decodings_apart():
+  decode = ml_collections.ConfigDict(dict(method="beam", beam_size=4))
+  assert commands.output_stem("test", "w/checkpoints/", 9, decode) == "test.step9.beam4"
+  assert commands.output_stem("test", "w/averaged", 9, decode) == "test.averaged.step9.beam4"
+  decode.method = "greedy"
+  assert commands.output_stem("test", "w/checkpoints", 9, decode) == "test.step9.greedy"
 
 
 def test_evaluate_a_file_pair(trained, tmp_path):

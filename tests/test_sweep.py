@@ -62,6 +62,7 @@ def test_runner_records_results_and_skips_finished_points(tmp_path):
   definition = small_sweep([{"name": "base", "overrides": {}},
                             {"name": "wide", "overrides": {"model.d_ff": 128}},
                             {"name": "deep", "overrides": {"model.encoder_layers": 3}}])
+  definition["reference"] = {"wide": {"perplexity": 4.75, "bleu": 26.2}}
   calls = []
   launcher = lambda argv, log: calls.append(argv) or fake_training(argv, log)
   assert sweep.run_sweep(definition, str(tmp_path), only={"base", "wide"},
@@ -72,6 +73,7 @@ def test_runner_records_results_and_skips_finished_points(tmp_path):
   rows = report.read_results(str(tmp_path))
   assert [r["point"] for r in rows] == ["base", "wide", "deep"]
   assert rows[1]["eval_bleu"] == 20.0 and rows[1]["steps"] == 20 and rows[1]["params"] > 0
+  assert rows[1]["reference"] == {"perplexity": 4.75, "bleu": 26.2} and "reference" not in rows[0]
   with pytest.raises(sweep.SweepError, match="--only: no point"):
     sweep.run_sweep(definition, str(tmp_path), only={"nope"}, launcher=launcher)
 
@@ -88,14 +90,16 @@ def test_report_from_fabricated_results(tmp_path):
            "params": 63_000_000, "eval_perplexity": 4.92, "eval_bleu": 25.8, "steps": 100,
            "wall_seconds": 120.0},
           {"point": "A_h1", "overrides": {"model.d_model": 512, "model.num_heads": 1},
-           "params": 63_000_000, "eval_perplexity": 5.29, "eval_bleu": 24.9, "steps": 100,
-           "wall_seconds": 60.0}]
+           "params": 63_000_000, "eval_perplexity": 5.37, "eval_bleu": 24.9, "steps": 100,
+           "wall_seconds": 60.0, "reference": {"perplexity": 5.29, "bleu": 24.8}}]
   with open(tmp_path / "results.jsonl", "w") as handle:
     handle.writelines(json.dumps(r) + "\n" for r in rows)
   path = report.write_report(str(tmp_path))
   text = open(path).read()
-  assert "| base |  | 512 |" in text and "| 4.92 | 25.8 | 63.0 | 2.0 |" in text
+  assert "| base |  | 512 |" in text and "| 4.92 | 25.8 |  | - | - | 63.0 | 2.0 |" in text
+  assert "| ref. PPL | ref. BLEU |" in text
   a_row = next(line for line in text.splitlines() if line.startswith("| A_h1"))
   assert "| 1 |" in a_row and "512" not in a_row  # only what the row changes
+  assert "| 5.37 | 24.9 | -0.9 | 5.29 | 24.8 | 63.0 | 1.0 |" in a_row
   for image in ("bleu_vs_params.png", "validation_curves.png"):
     assert os.path.getsize(tmp_path / image) > 1000

@@ -132,6 +132,22 @@ def test_bfloat16_training_step_is_finite_and_close(data_dir):
   assert jax.tree.leaves(state.params)[0].dtype == jnp.float32  # parameters stay float32
 
 
+def test_rbg_dropout_prng_trains_from_the_same_initial_parameters(data_dir):
+  config = tiny_config(data_dir, warmup_steps=2)
+  batches = fixed_batches(2)
+  threefry, threefry_state = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  config.train.prng_impl = "rbg"
+  rbg, rbg_state = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  assert rbg_state.rng.shape == (4,) and threefry_state.rng.shape == (2,)
+  assert np.all(np.isfinite(rbg))
+  # Same parameters at step 0 (close first losses), different dropout masks (not equal).
+  np.testing.assert_allclose(rbg[0], threefry[0], rtol=0.05)
+  assert rbg[0] != threefry[0]
+  config.train.prng_impl = "philox"
+  with pytest.raises(ValueError, match="config.train.prng_impl must be one of threefry2x32, rbg"):
+    run.validate(config)
+
+
 def test_mesh_errors():
   with pytest.raises(ValueError, match=r"config.mesh: 8 devices cannot be split into data=-1 fsdp=3"):
     sharding.make_mesh(-1, 3, 1)
@@ -259,13 +275,16 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
 
 
 def test_interrupted_save_is_never_restored(data_dir, tmp_path):
-  assert run_main(tmp_path, data_dir, "--config.train.num_steps=10").returncode == 0
+  workdir = os.path.relpath(tmp_path, REPO)  # relative, as users type it: Orbax needs absolute
+  first = run_main(workdir, data_dir, "--config.train.num_steps=10")
+  assert first.returncode == 0, first.stderr[-2000:]
   checkpoints = tmp_path / "checkpoints"
+  assert (checkpoints / "10").is_dir()
   # What a save killed half-way leaves behind: Orbax's temporary directory, never renamed.
   partial = checkpoints / "20.orbax-checkpoint-tmp-1234567890"
   partial.mkdir()
   (partial / "state").mkdir()
-  resumed = run_main(tmp_path, data_dir, "--config.train.num_steps=12")
+  resumed = run_main(workdir, data_dir, "--config.train.num_steps=12")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed from the checkpoint at step 10" in resumed.stdout
 

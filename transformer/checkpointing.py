@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -48,6 +49,11 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: Any
 
 
+def checkpoint_path(directory: str) -> epath.Path:
+  """`directory` as Orbax needs it: local paths made absolute (`--workdir=runs/x` works)."""
+  return epath.Path(directory if "://" in directory else os.path.abspath(directory))
+
+
 def make_manager(directory: str, *, keep: int, save_every: int, best_metric: str,
                  best_mode: str, keep_best: int = 1) -> ocp.CheckpointManager:
   """A manager keeping the `keep` latest checkpoints and the `keep_best` best by `best_metric`."""
@@ -62,13 +68,13 @@ def make_manager(directory: str, *, keep: int, save_every: int, best_metric: str
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, preservation_policy=policy, create=True,
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(epath.Path(directory), options=options,
+  return ocp.CheckpointManager(checkpoint_path(directory), options=options,
                                item_names=(STATE, ITERATOR, METADATA))
 
 
 def read_only_manager(directory: str) -> ocp.CheckpointManager:
   """A manager for reading the checkpoints of `directory` (evaluation, averaging)."""
-  return ocp.CheckpointManager(epath.Path(directory),
+  return ocp.CheckpointManager(checkpoint_path(directory),
                                options=ocp.CheckpointManagerOptions(read_only=True),
                                item_names=(STATE, ITERATOR, METADATA))
 

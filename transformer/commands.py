@@ -87,7 +87,8 @@ def _file_eval_set(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> i
 def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | None = None
              ) -> dict[str, Any]:
   """Decodes a split (or file pair), writes the hypotheses and reports sacreBLEU and chrF."""
-  loaded = load(config, directory or checkpoint_dir(workdir))
+  directory = directory or checkpoint_dir(workdir)
+  loaded = load(config, directory)
   trained = loaded.config
   if config.eval.source_file:
     evaluation_set, name = _file_eval_set(trained, loaded.tokenizer), os.path.basename(
@@ -101,14 +102,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
                                                 loaded.mesh)
   result = evaluation.score(hypotheses, evaluation_set.references, trained.data.target_lang,
                             config.eval.bleu_style)
-  result.update(step=loaded.step, split=name, sentences=len(hypotheses),
+  result.update(step=loaded.step, split=name, sentences=len(hypotheses), checkpoint=directory,
                 decode=dict(config.decode))
   output_dir = os.path.join(workdir, "eval")
   tf.io.gfile.makedirs(output_dir)
-  stem = os.path.join(output_dir, f"{name}.step{loaded.step}")
+  stem = os.path.join(output_dir, output_stem(name, directory, loaded.step, config.decode))
   write_atomically(f"{stem}.hyp.txt", "".join(h + "\n" for h in hypotheses))
   write_atomically(f"{stem}.json", json.dumps(result, indent=2) + "\n")
   return result
+
+
+def output_stem(split: str, directory: str, step: int, decode: ml_collections.ConfigDict) -> str:
+  """`SPLIT[.CHECKPOINTS].stepN.DECODING`: evaluations of averaged checkpoints or with another
+  decoding method do not overwrite each other (CHECKPOINTS is left out for `checkpoints/`)."""
+  source = os.path.basename(os.path.normpath(directory))
+  tag = "" if source == "checkpoints" else f".{source}"
+  method = f"beam{decode.beam_size}" if decode.method == "beam" else decode.method
+  return f"{split}{tag}.step{step}.{method}"
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -194,7 +204,8 @@ def average(config: ml_collections.ConfigDict, workdir: str) -> str:
   setup = run.make_setup(loaded[-1].config)
   state, _ = checkpointing.restore(manager, steps[-1], setup.abstract_state)
   output = os.path.join(workdir, "averaged")
-  writer = ocp.CheckpointManager(output, options=ocp.CheckpointManagerOptions(create=True),
+  writer = ocp.CheckpointManager(checkpointing.checkpoint_path(output),
+                                 options=ocp.CheckpointManagerOptions(create=True),
                                  item_names=(checkpointing.STATE, checkpointing.METADATA))
   metadata["averaged_steps"] = steps
   writer.save(steps[-1], args=ocp.args.Composite(**{

@@ -60,6 +60,11 @@ _NON_NEGATIVE_TRAIN_FIELDS = ("learning_rate_factor", "weight_decay", "grad_clip
                               "profile_steps", "peak_flops", "adam_eps")
 
 
+def prng_impl(config: ml_collections.ConfigDict) -> str:
+  """The dropout PRNG (configs saved before the field existed used threefry)."""
+  return config.train.get("prng_impl", "threefry2x32")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first config field with an impossible value."""
   train = config.train
@@ -72,6 +77,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("adam_b1", "adam_b2", "label_smoothing"):
     if not 0.0 <= train[name] < 1.0:
       raise ValueError(f"config.train.{name} must be in [0, 1), got {train[name]}")
+  if prng_impl(config) not in training.PRNG_IMPLS:
+    raise ValueError(f"config.train.prng_impl must be one of {', '.join(training.PRNG_IMPLS)}, "
+                     f"got {prng_impl(config)!r}")
   for name in ("batch_size", "eval_batch_size", "packed_length", "max_train_length",
                "max_eval_length", "shuffle_buffer"):
     if config.data[name] <= 0:
@@ -93,7 +101,8 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,
                                           config.train.learning_rate_factor)
   optimizer = training.make_optimizer(config.train, schedule)
   batch = training.dummy_batch(1, config.data.packed_length, config.data.packed_inputs_length)
-  init = functools.partial(training.init_state, model, optimizer, config.seed, batch)
+  init = functools.partial(training.init_state, model, optimizer, config.seed, batch,
+                           prng_impl(config))
   boxed = jax.eval_shape(init)
   state_shardings = sharding.tree_shardings(boxed, mesh)
   abstract_state = jax.tree.map(
@@ -111,7 +120,8 @@ def compiled_train_step(setup: Setup, config: ml_collections.ConfigDict):
   """The train step jitted once with explicit shardings; the state buffer is donated."""
   step = functools.partial(training.train_step, model=setup.model, optimizer=setup.optimizer,
                            schedule=setup.schedule,
-                           label_smoothing=config.train.label_smoothing)
+                           label_smoothing=config.train.label_smoothing,
+                           prng_impl=prng_impl(config))
   replicated = NamedSharding(setup.mesh, PartitionSpec())
   return jax.jit(step, in_shardings=(setup.state_shardings, sharding.batch_sharding(setup.mesh)),
                  out_shardings=(setup.state_shardings, replicated), donate_argnums=0)

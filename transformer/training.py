@@ -23,7 +23,9 @@ class TrainState:
   step: jnp.ndarray
   params: Any
   opt_state: Any
-  rng: jnp.ndarray  # base dropout key; each step folds in its step number
+  rng: jnp.ndarray  # base dropout key's raw data; each step folds in its step number
+
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
 def paper_learning_rate(d_model: int, warmup_steps: int, factor: float = 1.0
@@ -68,15 +70,21 @@ def dummy_batch(batch_size: int, length: int, inputs_length: int | None = None) 
 
 
 def init_state(model: Transformer, optimizer: optax.GradientTransformation, seed: int,
-               batch: Batch) -> TrainState:
-  """Initial (boxed, logically partitioned) state; jit it with `out_shardings`."""
+               batch: Batch, prng_impl: str = "threefry2x32") -> TrainState:
+  """Initial (boxed, logically partitioned) state; jit it with `out_shardings`.
+
+  Parameters always come from a threefry key of `seed`; the dropout key uses `prng_impl`.
+  """
   params_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
   params = model.init(params_rng, batch["inputs"][:1], batch["targets"][:1])["params"]
+  if prng_impl != "threefry2x32":
+    dropout_rng = jax.random.key_data(jax.random.key(seed, impl=prng_impl))
   return TrainState(step=jnp.array(0, jnp.int32), params=params,
                     opt_state=optimizer.init(params), rng=dropout_rng)
 
 
-def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
+def model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
+  """The packing features of a batch as `Transformer.__call__` keyword arguments."""
   return dict(inputs_segmentation=batch.get("inputs_segmentation"),
               targets_segmentation=batch.get("targets_segmentation"),
               inputs_positions=batch.get("inputs_position"),
@@ -92,14 +100,20 @@ def target_weights(batch: Batch) -> jnp.ndarray:
 
 def train_step(state: TrainState, batch: Batch, *, model: Transformer,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               label_smoothing: float) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-  """One optimizer update on a batch: `(state, batch) -> (state, metric sums)`."""
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
+               label_smoothing: float, prng_impl: str = "threefry2x32"
+               ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+  """One optimizer update on a batch: `(state, batch) -> (state, metric sums)`.
+
+  `prng_impl` draws the dropout masks: rbg (XLA's RngBitGenerator) is much cheaper than
+  threefry on CPUs and GPUs, but its masks depend on the mesh.
+  """
+  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=prng_impl),
+                                   state.step)
   weights = target_weights(batch)
 
   def loss_fn(params):
     logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                         **_model_inputs(batch), deterministic=False,
+                         **model_inputs(batch), deterministic=False,
                          rngs={"dropout": dropout_rng})
     loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"],
                                                                weights, label_smoothing)
@@ -118,7 +132,7 @@ def eval_step(params: Any, batch: Batch, *, model: Transformer, label_smoothing:
               ) -> dict[str, jnp.ndarray]:
   """Sums of smoothed loss, negative log-likelihood and correct tokens over a batch."""
   logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                       **_model_inputs(batch), deterministic=True)
+                       **model_inputs(batch), deterministic=True)
   weights = target_weights(batch)
   loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"], weights,
                                                              label_smoothing)

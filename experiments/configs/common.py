@@ -91,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
       test_at_end=False,  # decode the test split after the last step and print its BLEU
       profile_steps=0,  # >0: jax.profiler trace of that many steps after step 10
       peak_flops=0.0,  # per device, for MFU; 0 = known accelerator or a measured CPU matmul
+      # Dropout masks: threefry2x32 (JAX's default, the same on any mesh) | rbg | unsafe_rbg
+      # (XLA's RngBitGenerator: far cheaper on CPU/GPU, masks depend on the mesh).
+      prng_impl="threefry2x32",
   ))
 
   config.decode = ml_collections.ConfigDict(dict(

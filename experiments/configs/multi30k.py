@@ -32,7 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
       batch_size=8, eval_batch_size=64,
       shuffle_buffer=30_000))
   config.tokenizer.update(dict(vocab_size=8000, sample_size=29_000))
-  config.train.update(dict(num_steps=6000, warmup_steps=1000, eval_every_steps=1000,
-                           checkpoint_every_steps=500, keep_checkpoints=5, bleu_every_steps=2000,
+  # ~0.9 steps/s on 2 CPU cores: 2,700 steps (~13 epochs of 2,048-token batches) fit in an hour
+  # with evaluation; the last 5 checkpoints (100 steps apart) are averaged, as in Sec. 6.1.
+  config.train.update(dict(num_steps=2700, warmup_steps=1000, eval_every_steps=500,
+                           checkpoint_every_steps=100, keep_checkpoints=5, bleu_every_steps=0,
                            best_metric="eval_bleu", best_mode="max", test_at_end=True))
   return config
