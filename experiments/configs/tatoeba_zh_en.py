@@ -31,7 +31,8 @@ def get_config(direction: str = "zh-en") -> ml_collections.ConfigDict:
       eval_batch_size=64, shuffle_buffer=30_000))
   config.tokenizer.update(dict(vocab_size=8000, sample_size=30_000, character_coverage=0.9995,
                                normalization="identity"))
-  # A short budget (~10 minutes on 2 CPU cores, ~4 epochs of 1,024-token batches); the last 5
+  # A short budget (~11 minutes of 2 CPU cores, ~3 epochs of 1,024-token batches: not enough,
+  # see benchmarks/README.md; 60 minutes is ~3,000 steps); the last 5
   # checkpoints (50 steps apart) are averaged.
   config.train.update(dict(num_steps=900, warmup_steps=500, eval_every_steps=300,
                            checkpoint_every_steps=50, keep_checkpoints=5, bleu_every_steps=0,
