@@ -119,7 +119,8 @@ def write_report(root: str, output: str | None = None) -> str:
   ./sweep_report); returns the markdown path."""
   output = output or (root if "://" not in root else "sweep_report")
   os.makedirs(output, exist_ok=True)
-  rows = read_results(root)
+  # Points finish in any order with --parallel: base first, then by name (the paper's letters).
+  rows = sorted(read_results(root), key=lambda row: (row["point"] != "base", row["point"]))
   plot_bleu_vs_params(rows, os.path.join(output, "bleu_vs_params.png"))
   plot_curves(root, rows, os.path.join(output, "validation_curves.png"))
   path = os.path.join(output, "report.md")
