@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 import train_speed
-from transformer import losses, run, training
+from transformer import run, training
 
 Runner = Callable[[int], float]
 
@@ -31,11 +31,8 @@ def partial_step(size: str, with_backward: bool) -> Runner:
   _, setup, state, batch = train_speed.jax_setup(size)
 
   def loss(params):
-    logits = setup.model.apply({"params": params}, batch["inputs"], batch["targets"],
-                               **training.model_inputs(batch), deterministic=False,
-                               rngs={"dropout": state.rng})
-    return losses.label_smoothed_cross_entropy(logits, batch["targets"],
-                                               training.target_weights(batch), 0.1)[0]
+    return training.training_loss(params, batch=batch, model=setup.model,
+                                  dropout_rng=state.rng, label_smoothing=0.1)[0]
 
   function = jax.jit(jax.grad(loss) if with_backward else loss)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -24,6 +25,7 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jnp.ndarray  # base dropout key's raw data; each step folds in its step number
+
 
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
@@ -83,8 +85,7 @@ def init_state(model: Transformer, optimizer: optax.GradientTransformation, seed
                     opt_state=optimizer.init(params), rng=dropout_rng)
 
 
-def model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
-  """The packing features of a batch as `Transformer.__call__` keyword arguments."""
+def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
   return dict(inputs_segmentation=batch.get("inputs_segmentation"),
               targets_segmentation=batch.get("targets_segmentation"),
               inputs_positions=batch.get("inputs_position"),
@@ -96,6 +97,18 @@ def target_weights(batch: Batch) -> jnp.ndarray:
   if "targets_segmentation" in batch:
     return (batch["targets_segmentation"] > 0).astype(jnp.float32)
   return (batch["targets"] > 0).astype(jnp.float32)
+
+
+def training_loss(params: Any, *, batch: Batch, model: Transformer, dropout_rng: jax.Array,
+                  label_smoothing: float) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray]]:
+  """Mean label-smoothed loss with dropout (what the step differentiates), and
+  `(logits, loss sum)` for the metrics."""
+  logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
+                       **_model_inputs(batch), deterministic=False, rngs={"dropout": dropout_rng})
+  loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"],
+                                                             target_weights(batch),
+                                                             label_smoothing)
+  return loss_sum / jnp.maximum(weight_sum, 1.0), (logits, loss_sum)
 
 
 def train_step(state: TrainState, batch: Batch, *, model: Transformer,
@@ -110,15 +123,8 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer,
   dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=prng_impl),
                                    state.step)
   weights = target_weights(batch)
-
-  def loss_fn(params):
-    logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                         **model_inputs(batch), deterministic=False,
-                         rngs={"dropout": dropout_rng})
-    loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"],
-                                                               weights, label_smoothing)
-    return loss_sum / jnp.maximum(weight_sum, 1.0), (logits, loss_sum)
-
+  loss_fn = functools.partial(training_loss, batch=batch, model=model, dropout_rng=dropout_rng,
+                              label_smoothing=label_smoothing)
   (_, (logits, loss_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -132,7 +138,7 @@ def eval_step(params: Any, batch: Batch, *, model: Transformer, label_smoothing:
               ) -> dict[str, jnp.ndarray]:
   """Sums of smoothed loss, negative log-likelihood and correct tokens over a batch."""
   logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                       **model_inputs(batch), deterministic=True)
+                       **_model_inputs(batch), deterministic=True)
   weights = target_weights(batch)
   loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"], weights,
                                                              label_smoothing)
