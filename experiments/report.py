@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from typing import Any
 
 import matplotlib
@@ -94,7 +95,8 @@ def plot_curves(root: str, rows: list[dict[str, Any]], path: str) -> None:
   """Validation perplexity against training step for every variant."""
   figure, axis = plt.subplots(figsize=(7, 4.5))
   plotted = False
-  for row in rows:
+  colors = plt.get_cmap("tab20").colors  # 19 variants: the default 10-colour cycle repeats
+  for index, row in enumerate(rows):
     metrics = os.path.join(root, row["point"], "metrics.jsonl")
     if not tf.io.gfile.exists(metrics):
       continue
@@ -102,7 +104,9 @@ def plot_curves(root: str, rows: list[dict[str, Any]], path: str) -> None:
       points = [json.loads(line) for line in handle]
     curve = sorted((p["step"], p["eval_perplexity"]) for p in points if "eval_perplexity" in p)
     if curve:
-      axis.plot(*zip(*curve), label=row["point"], linewidth=1)
+      axis.plot(*zip(*curve), label=row["point"], color=colors[index % len(colors)],
+                linestyle=("-", "--")[index // len(colors) % 2],
+                linewidth=2 if row["point"] == "base" else 1)
       plotted = True
   axis.set_xlabel("step")
   axis.set_ylabel("validation perplexity")
@@ -114,13 +118,19 @@ def plot_curves(root: str, rows: list[dict[str, Any]], path: str) -> None:
   plt.close(figure)
 
 
+def table_order(point: str) -> tuple[Any, ...]:
+  """Sort key: base first, then by name with numbers compared as numbers (A_h4 before A_h16)."""
+  return (point != "base", *(int(part) if part.isdigit() else part
+                             for part in re.split(r"(\d+)", point)))
+
+
 def write_report(root: str, output: str | None = None) -> str:
   """Writes report.md and the two plots (into `output`, default the root if it is local, else
   ./sweep_report); returns the markdown path."""
   output = output or (root if "://" not in root else "sweep_report")
   os.makedirs(output, exist_ok=True)
-  # Points finish in any order with --parallel: base first, then by name (the paper's letters).
-  rows = sorted(read_results(root), key=lambda row: (row["point"] != "base", row["point"]))
+  # Points finish in any order with --parallel: sorted back into the paper's letters.
+  rows = sorted(read_results(root), key=lambda row: table_order(row["point"]))
   plot_bleu_vs_params(rows, os.path.join(output, "bleu_vs_params.png"))
   plot_curves(root, rows, os.path.join(output, "validation_curves.png"))
   path = os.path.join(output, "report.md")

@@ -85,6 +85,12 @@ def test_failed_point_is_not_recorded(tmp_path):
   assert sweep.finished(str(tmp_path)) == set()
 
 
+def test_report_rows_in_table_order():
+  names = ["A_h16", "C_d1024", "base", "A_h4", "C_d256", "A_h1", "D_drop0.2", "D_drop0.0"]
+  assert sorted(names, key=report.table_order) == [
+      "base", "A_h1", "A_h4", "A_h16", "C_d256", "C_d1024", "D_drop0.0", "D_drop0.2"]
+
+
 def test_report_from_fabricated_results(tmp_path):
   rows = [{"point": "base", "overrides": {"model.d_model": 512, "model.num_heads": 8},
            "params": 63_000_000, "eval_perplexity": 4.92, "eval_bleu": 25.8, "steps": 100,
