@@ -85,11 +85,16 @@ def init_state(model: Transformer, optimizer: optax.GradientTransformation, seed
                     opt_state=optimizer.init(params), rng=dropout_rng)
 
 
-def _model_inputs(batch: Batch) -> dict[str, jnp.ndarray | None]:
-  return dict(inputs_segmentation=batch.get("inputs_segmentation"),
-              targets_segmentation=batch.get("targets_segmentation"),
-              inputs_positions=batch.get("inputs_position"),
-              targets_positions=batch.get("targets_position"))
+def _logits(params: Any, batch: Batch, model: Transformer,
+            dropout_rng: jax.Array | None = None) -> jnp.ndarray:
+  """The teacher-forced forward pass over a (possibly packed) batch; dropout iff a key is given."""
+  return model.apply({"params": params}, batch["inputs"], batch["targets"],
+                     inputs_segmentation=batch.get("inputs_segmentation"),
+                     targets_segmentation=batch.get("targets_segmentation"),
+                     inputs_positions=batch.get("inputs_position"),
+                     targets_positions=batch.get("targets_position"),
+                     deterministic=dropout_rng is None,
+                     rngs=None if dropout_rng is None else {"dropout": dropout_rng})
 
 
 def target_weights(batch: Batch) -> jnp.ndarray:
@@ -103,8 +108,7 @@ def training_loss(params: Any, *, batch: Batch, model: Transformer, dropout_rng:
                   label_smoothing: float) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray]]:
   """Mean label-smoothed loss with dropout (what the step differentiates), and
   `(logits, loss sum)` for the metrics."""
-  logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                       **_model_inputs(batch), deterministic=False, rngs={"dropout": dropout_rng})
+  logits = _logits(params, batch, model, dropout_rng)
   loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"],
                                                              target_weights(batch),
                                                              label_smoothing)
@@ -137,8 +141,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer,
 def eval_step(params: Any, batch: Batch, *, model: Transformer, label_smoothing: float
               ) -> dict[str, jnp.ndarray]:
   """Sums of smoothed loss, negative log-likelihood and correct tokens over a batch."""
-  logits = model.apply({"params": params}, batch["inputs"], batch["targets"],
-                       **_model_inputs(batch), deterministic=True)
+  logits = _logits(params, batch, model)
   weights = target_weights(batch)
   loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"], weights,
                                                              label_smoothing)

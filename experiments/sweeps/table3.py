@@ -18,7 +18,7 @@ SCALES = {
     "tpu": dict(d_model=512, d_ff=2048, layers=6, config="experiments/configs/wmt14_base.py",
                 fixed={}),
     "cpu": dict(d_model=128, d_ff=512, layers=3, config="experiments/configs/multi30k.py",
-                # ~9 minutes a point (two at a time on 2 cores) with tokenizer, compilation and
+                # 5-14 minutes a point (two at a time on 2 cores) with tokenizer, compilation and
                 # evaluation. Half the paper's learning-rate factor: at this width and warm-up
                 # the full one peaks at 5e-3, where the deeper post-LN points diverge.
                 fixed={"model.vocab_size": 4000, "tokenizer.vocab_size": 4000,
