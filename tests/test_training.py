@@ -317,7 +317,8 @@ def test_compile_mode_reports_memory_and_flops(data_dir, tmp_path):
   result = run_main(tmp_path, data_dir, "--mode=compile", devices=8)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in result.stdout
-  assert "FLOPs per step:" in result.stdout and "per-device memory: arguments" in result.stdout
+  assert "XLA FLOPs per step (global)" in result.stdout and "memory per device" in result.stdout
+  assert (tmp_path / "compile" / "host.json").exists()
 
 
 def test_two_processes_train_like_one(data_dir):

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import config as model_config
-from transformer import commands, describe, distributed, run
+from transformer import aot, commands, describe, distributed, run
 from transformer.data import datasets, inputs, stats
 from transformer.data.corpus import DataError
 
@@ -43,6 +43,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (implied "
                                "by --coordinator_address; automatic settings on TPU VMs).")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "compile: a Cloud TPU accelerator type (v4-8, v4-32, v5litepod-8, v5p-8, "
+    "v6e-8, ...) to compile for ahead of time, without a TPU (needs `pip install -e '.[tpu]'`); "
+    "unset: this host's devices.")
 _INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for every "
                                      "process to join before failing.")
 
@@ -55,6 +59,10 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (Orbax, tfds) drown the progress
   try:
+    if _TOPOLOGY.value:
+      if _MODE.value != "compile":
+        raise ValueError("--topology is only for --mode=compile")
+      aot.prepare_off_tpu_compilation()
     if _MULTIHOST.value or _COORDINATOR.value:
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                              _INIT_TIMEOUT.value)
@@ -78,7 +86,7 @@ def main(argv: list[str]) -> None:
                                           _CHECKPOINT_DIR.value):
         print(path)
     elif mode == "compile":
-      print(run.compile_report(config))
+      print(aot.compile_mode(config, workdir, _TOPOLOGY.value))
     elif mode == "describe":
       print(describe.summary(model_config.from_dict(config.model.to_dict()), seed=config.seed))
     elif mode == "data_stats":

@@ -28,7 +28,8 @@ from clu.data import dataset_iterator
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from transformer import checkpointing, evaluation, inference, sharding, training
+from transformer import (checkpointing, compilation_cache, evaluation, flops, inference,
+                         sharding, training)
 from transformer import config as model_config_lib
 from transformer.data import datasets, inputs
 from transformer.data.tokenizer import Tokenizer
@@ -95,7 +96,8 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,
     raise ValueError(f"config.model.vocab_size ({fields['vocab_size']}) is smaller than the "
                      f"tokenizer's {vocab_size} pieces")
   model_config = model_config_lib.from_dict(fields)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices,
+                            config.mesh.get("dcn_data", 1))
   model = Transformer(model_config)
   schedule = training.paper_learning_rate(model_config.d_model, config.train.warmup_steps,
                                           config.train.learning_rate_factor)
@@ -135,36 +137,6 @@ def compiled_eval_step(setup: Setup, config: ml_collections.ConfigDict):
                                      sharding.batch_sharding(setup.mesh)))
 
 
-def compile_report(config: ml_collections.ConfigDict) -> str:
-  """Compiles the train step for the configured model, batch and mesh without training.
-
-  Reports per-device memory (`memory_analysis`) and FLOPs per step (`cost_analysis`) so that
-  whether a run fits is known before an accelerator is paid for.
-  """
-  setup = make_setup(config)
-  data = config.data
-  batch_sharding = sharding.batch_sharding(setup.mesh)
-  batch = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct((data.batch_size,) + x.shape[1:], x.dtype,
-                                     sharding=batch_sharding),
-      training.dummy_batch(1, data.packed_length, data.packed_inputs_length))
-  compiled = compiled_train_step(setup, config).lower(setup.abstract_state, batch).compile()
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis() or {}
-  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state.params))
-  gib = lambda n: f"{n / 2**30:.3f} GiB"
-  lines = [f"mesh {dict(setup.mesh.shape)} on {len(jax.devices())} {jax.devices()[0].platform} "
-           f"device(s); {params:,d} parameters",
-           f"batch: {data.batch_size} rows x {data.packed_length} tokens per side",
-           f"FLOPs per step: {float(cost.get('flops', 0.0)):.4g}"]
-  if memory is not None:
-    lines += [f"per-device memory: arguments {gib(memory.argument_size_in_bytes)}, outputs "
-              f"{gib(memory.output_size_in_bytes)}, temporaries {gib(memory.temp_size_in_bytes)}, "
-              f"aliased {gib(memory.alias_size_in_bytes)}, code "
-              f"{gib(memory.generated_code_size_in_bytes)}"]
-  return "\n".join(lines)
-
-
 def measured_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
   """FLOP/s of a large jitted float32 matmul on this host (the CPU's practical peak)."""
   a = jnp.ones((size, size), jnp.float32)
@@ -176,16 +148,25 @@ def measured_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def peak_flops(configured: float) -> float:
-  """Peak FLOP/s of all devices together: configured, from the spec table, or measured (CPU)."""
+def peak_flops(configured: float, num_devices: int) -> float:
+  """Peak FLOP/s of `num_devices` devices together: configured per device, from the spec table,
+  or measured (CPU: simulated devices share the host's cores, so the host's matmul peak)."""
   devices = jax.devices()
   if configured > 0:
-    return configured * len(devices)
-  if devices[0].platform == "cpu":  # simulated CPU devices share the same cores
+    return configured * num_devices
+  if devices[0].platform == "cpu":
     return measured_cpu_peak_flops()
   kind = devices[0].device_kind
-  per_device = next((flops for name, flops in PEAK_FLOPS.items() if name in kind), 0.0)
-  return per_device * len(devices)
+  per_device = next((peak for name, peak in PEAK_FLOPS.items() if name in kind), 0.0)
+  return per_device * num_devices
+
+
+def model_flops_per_step(setup: Setup, config: ml_collections.ConfigDict) -> float:
+  """Model FLOPs of one train step at the configured (padded) batch shape."""
+  data = config.data
+  return flops.train_step_flops(setup.model.config, data.batch_size,
+                                data.packed_inputs_length or data.packed_length,
+                                data.packed_length)
 
 
 class MetricsLog:
@@ -295,6 +276,7 @@ def progress_line(step: int, total: int, metrics: dict[str, float], elapsed: flo
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config.train.num_steps` updates (resuming if possible); returns the last metrics."""
   tf.io.gfile.makedirs(workdir)
+  compilation_cache.enable(config, workdir)
   builder, tokenizer = prepare_inputs(config, workdir)
   setup = make_setup(config, tokenizer.vocab_size)
   process_index, process_count = jax.process_index(), jax.process_count()
@@ -320,9 +302,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = compiled_train_step(setup, config)
   eval_step = compiled_eval_step(setup, config)
   first_batch = sharding.global_batch(next(train_iterator), setup.mesh)
+  hits_before = compilation_cache.hits()
   compiled = train_step.lower(state, first_batch).compile()
-  flops_per_step = float((compiled.cost_analysis() or {}).get("flops", 0.0))
-  total_peak = peak_flops(config.train.peak_flops)
+  if compilation_cache.hits() > hits_before:
+    report("loaded the compiled train step from the persistent compilation cache "
+           f"({compilation_cache.cache_dir(config, workdir)})")
+  flops_per_step = model_flops_per_step(setup, config)
+  total_peak = peak_flops(config.train.peak_flops, setup.mesh.size)
   log = MetricsLog(workdir)
   preemption = Preemption()
   pending_losses: list[tuple[int, jax.Array]] = []
@@ -357,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "grad_norm": float(sums["grad_norm"]) / interval_steps,
             "steps_per_sec": interval_steps / elapsed,
             "tokens_per_sec": float(sums["weight"]) / elapsed,
-            "mfu": flops_per_step * interval_steps / elapsed / total_peak if total_peak else 0.0,
+            "mfu": flops.mfu(flops_per_step, interval_steps, elapsed, total_peak),
         }
         log.write(step, last_metrics)
         report(progress_line(step, num_steps, last_metrics, time.perf_counter() - start_time))

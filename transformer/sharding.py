@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 import flax.linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -52,11 +53,29 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
 
 
 def make_mesh(data: int, fsdp: int, tensor: int,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A `Mesh` with axes (data, fsdp, tensor) over `devices` (default: all)."""
+              devices: Sequence[jax.Device] | None = None, dcn_data: int = 1) -> Mesh:
+  """A `Mesh` with axes (data, fsdp, tensor) over `devices` (default: all).
+
+  The device order follows the physical topology (`mesh_utils.create_device_mesh`), so that the
+  tensor and fsdp axes, which communicate most, sit on neighbouring chips. With `dcn_data` > 1
+  (several TPU slices joined over the data-centre network) the data axis spans the slices
+  (`create_hybrid_device_mesh`) and `data`, `fsdp`, `tensor` describe one slice.
+  """
   devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(data, fsdp, tensor, len(devices))
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+  if dcn_data < 1 or len(devices) % dcn_data:
+    raise ValueError(f"config.mesh.dcn_data must be a positive divisor of the {len(devices)} "
+                     f"devices, got {dcn_data}")
+  shape = mesh_shape(data, fsdp, tensor, len(devices) // dcn_data)
+  if dcn_data > 1:
+    slices = {getattr(device, "slice_index", 0) for device in devices}
+    if len(slices) != dcn_data:
+      raise ValueError(f"config.mesh.dcn_data={dcn_data} but the devices come from "
+                       f"{len(slices)} slice(s)")
+    grid = mesh_utils.create_hybrid_device_mesh(shape, (dcn_data, 1, 1), devices,
+                                                allow_split_physical_axes=True)
+  else:
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  return Mesh(grid, MESH_AXES)
 
 
 def tree_shardings(abstract_tree: Any, mesh: Mesh) -> Any:

@@ -94,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
       # Dropout masks: threefry2x32 (JAX's default, the same on any mesh) | rbg | unsafe_rbg
       # (XLA's RngBitGenerator: far cheaper on CPU/GPU, masks depend on the mesh).
       prng_impl="threefry2x32",
+      # Persistent XLA compilation cache ('' = WORKDIR/compilation_cache; gs:// accepted; 'off'
+      # disables it): a run restarted after preemption loads its compiled steps instead of
+      # compiling them again.
+      compilation_cache_dir="",
   ))
 
   config.decode = ml_collections.ConfigDict(dict(
@@ -121,5 +125,6 @@ def base_config() -> ml_collections.ConfigDict:
       data=-1,  # data parallelism (-1: all devices not used by the other axes)
       fsdp=1,  # parameters and optimizer state sharded along d_model
       tensor=1,  # Megatron-style: heads and d_ff split
+      dcn_data=1,  # multi-slice: data parallelism across slices (data/fsdp/tensor: per slice)
   ))
   return config

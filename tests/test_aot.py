@@ -1,0 +1,191 @@
+"""Ahead-of-time compilation for Cloud TPU slices (libtpu, no TPU), FLOPs, MFU and the cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import aot, flops, run, tpu_slices
+from transformer.config import ModelConfig
+from transformer.model import Transformer
+
+import tiny_config as tiny_config_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(**mesh):
+  config = tiny_config_file.get_config()
+  config.mesh.update(mesh)
+  config.data.update(eval_batch_size=8, max_eval_length=16)
+  config.decode.extra_length = 8
+  return config
+
+
+def test_accelerator_types_map_to_topologies():
+  expected = {"v4-8": ("v4:2x2x1", 4, 1), "v4-32": ("v4:2x2x4", 16, 4),
+              "v5litepod-8": ("v5e:2x4", 8, 1), "v5litepod-16": ("v5e:4x4", 16, 4),
+              "v5p-8": ("v5p:2x2x1", 4, 1), "v6e-8": ("v6e:2x4", 8, 1),
+              "v6e-32": ("v6e:4x8", 32, 8)}
+  for name, (topology, chips, hosts) in expected.items():
+    found = tpu_slices.get_slice(name)
+    assert (found.topology_name, found.chips, found.hosts) == (topology, chips, hosts), name
+  with pytest.raises(ValueError, match=r"--topology: unknown TPU accelerator type 'v4-7'; "
+                                       r"known: v4-8, v4-16"):
+    tpu_slices.get_slice("v4-7")
+
+
+def _dot_flops(jaxpr) -> int:
+  """2 * M * N * K summed over every dot_general of a jaxpr, sub-jaxprs included."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(
+          np.prod([lhs[axis] for axis in contracting]))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          total += _dot_flops(inner)
+  return total
+
+
+@pytest.mark.parametrize("fields", [
+    dict(),
+    dict(d_k=6, d_v=10, encoder_layers=3, decoder_layers=1, d_ff=40, vocab_size=50),
+])
+def test_model_flops_equal_the_matmuls_the_forward_pass_runs(fields):
+  config = ModelConfig(**{**dict(vocab_size=97, d_model=32, num_heads=4, d_ff=64,
+                                 encoder_layers=2, decoder_layers=2, max_len=64), **fields})
+  model = Transformer(config)
+  rows, source_length, target_length = 3, 11, 7
+  inputs = jnp.ones((rows, source_length), jnp.int32)
+  targets = jnp.ones((rows, target_length), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs, targets)["params"]
+  forward = jax.make_jaxpr(lambda p: model.apply({"params": p}, inputs, targets))(params)
+  assert flops.train_step_flops(config, rows, source_length, target_length) == \
+      3 * _dot_flops(forward.jaxpr)
+
+
+def test_global_flops_and_mfu_do_not_depend_on_the_device_count():
+  config = tiny()
+  counts = {}
+  for devices in (jax.devices()[:1], jax.devices()):
+    setup = run.make_setup(config, devices=devices)
+    compiled = aot.compile_train_step(setup, config)
+    counts[len(devices)] = aot._step_report(compiled, len(devices), None)["flops_per_step"]
+    assert run.model_flops_per_step(setup, config) == run.model_flops_per_step(
+        run.make_setup(config, devices=jax.devices()[:1]), config)
+  # XLA counts work replicated on every device (the optimizer update of replicated parameters)
+  # once per device; the matmuls split exactly.
+  assert counts[8] == pytest.approx(counts[1], rel=0.15)
+  assert counts[8] >= counts[1]
+  model_flops = run.model_flops_per_step(run.make_setup(config), config)
+  for devices in (1, 8):
+    peak = run.peak_flops(1e9, devices)
+    assert peak == 1e9 * devices
+    assert flops.mfu(model_flops, 10, 2.0, peak) == pytest.approx(
+        model_flops * 10 / 2.0 / (1e9 * devices))
+
+
+@pytest.mark.parametrize("accelerator, mesh", [
+    ("v4-16", dict(data=2, fsdp=2, tensor=2)),
+    ("v5litepod-8", dict(data=2, fsdp=2, tensor=2)),
+])
+def test_tiny_config_compiles_for_tpu_slices(accelerator, mesh):
+  report = aot.compile_report(tiny(**mesh), accelerator)
+  slice_ = tpu_slices.get_slice(accelerator)
+  assert report["devices"] == slice_.chips == 8 and report["mesh"] == mesh
+  assert report["device_kind"].startswith("TPU v")
+  for step in ("train", "decode"):
+    figures = report[step]
+    assert figures["flops_per_step"] == figures["flops_per_device"] * 8
+    assert 0 < figures["hbm_bytes_per_device"] <= figures["hbm_capacity_bytes"]
+    assert figures["fits"] is True
+    assert figures["modeled_step_seconds"] > 0
+    assert figures["modeled_step_seconds_source"] in ("xla_optimal_seconds", "roofline")
+  # XLA's count adds element-wise work (softmax, LayerNorm, Adam) to the model's matmuls.
+  assert 1.0 <= report["train"]["flops_per_step"] / report["model_flops_per_step"] <= 2.0
+  assert report["modeled"] == "XLA TPU cost model, not measured"
+  seconds = report["modeled_step_seconds"]
+  assert report["modeled_tokens_per_second"] == pytest.approx(report["tokens_per_step"] / seconds)
+  assert report["modeled_mfu"] == pytest.approx(
+      report["model_flops_per_step"] / seconds / (8 * slice_.chip.peak_bf16_flops))
+  hours = report["num_steps"] * seconds / 3600
+  assert report["modeled_cost_usd_spot"] == pytest.approx(
+      hours * 8 * slice_.chip.spot_usd_per_chip_hour)
+  assert "XLA TPU cost model, not measured" in aot.format_report(report)
+
+
+def test_modeled_time_falls_back_to_the_roofline():
+  chip = tpu_slices.CHIPS["v4"]
+  cost = {"flops": 275e12, "bytes accessed": 1228e9 * 2, "optimal_seconds": -5.0}
+  assert aot.modeled_seconds(cost, chip) == (pytest.approx(2.0), "roofline")
+  assert aot.modeled_seconds({**cost, "optimal_seconds": 3.0}, chip) == (3.0,
+                                                                         "xla_optimal_seconds")
+  assert aot.modeled_seconds({**cost, "optimal_seconds": 0.5}, chip)[1] == "roofline"
+
+
+def run_main(*args, devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+  return subprocess.run([sys.executable, "-m", "transformer.main",
+                         "--config=tests/tiny_config.py", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_compile_mode_for_a_topology_writes_the_json(tmp_path):
+  result = run_main("--mode=compile", "--topology=v5litepod-4", f"--workdir={tmp_path}",
+                    "--config.data.eval_batch_size=8", "--config.data.max_eval_length=16")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "v5litepod-4 (v5e:2x2, 4 chips, 1 host(s))" in result.stdout
+  assert "XLA TPU cost model, not measured" in result.stdout
+  report = json.loads((tmp_path / "compile" / "v5litepod-4.json").read_text())
+  for key in ("topology", "chips", "hosts", "mesh", "parameters", "tokens_per_step",
+              "model_flops_per_step", "modeled_step_seconds", "modeled_tokens_per_second",
+              "modeled_mfu", "modeled_train_hours", "modeled_cost_usd_on_demand",
+              "modeled_cost_usd_spot", "prices", "fits"):
+    assert key in report, key
+  assert report["train"]["hbm_capacity_bytes"] == 16 * 2**30
+
+
+def test_an_oversized_batch_is_a_one_line_error(tmp_path):
+  result = run_main("--mode=compile", "--topology=v5litepod-1", f"--workdir={tmp_path}",
+                    "--config.data.batch_size=1024", "--config.data.packed_length=512",
+                    "--config.data.max_train_length=512", "--config.model.max_len=600",
+                    "--config.model.vocab_size=32000", "--config.data.eval_batch_size=8",
+                    "--config.data.max_eval_length=16")
+  assert result.returncode != 0
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert "the train step needs" in errors[0] and "has 16 GiB" in errors[0]
+  assert "config.data.batch_size" in errors[0] and "remat_policy" in errors[0]
+  report = json.loads((tmp_path / "compile" / "v5litepod-1.json").read_text())
+  assert report["fits"] is False and report["train"]["hbm_bytes_per_device"] > 16 * 2**30
+
+
+def test_unknown_topology_is_a_one_line_error(tmp_path):
+  result = run_main("--mode=compile", "--topology=v4-9", f"--workdir={tmp_path}")
+  assert result.returncode != 0
+  assert "error: --topology: unknown TPU accelerator type 'v4-9'; known: v4-8" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_second_start_loads_the_train_step_from_the_compilation_cache(tmp_path):
+  data_dir = tmp_path / "tfds"
+  common = [f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={data_dir}",
+            "--config.train.eval_every_steps=100", "--config.train.checkpoint_every_steps=100"]
+  first = run_main(*common, "--config.train.num_steps=2")
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "persistent compilation cache" not in first.stdout
+  assert os.listdir(tmp_path / "run" / "compilation_cache")
+  second = run_main(*common, "--config.train.num_steps=4")
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "loaded the compiled train step from the persistent compilation cache" in second.stdout

@@ -1,0 +1,307 @@
+"""Ahead-of-time compilation of the train and decode steps, for this host or a Cloud TPU slice.
+
+`--mode=compile --topology=v4-32` needs no TPU: with the `libtpu` package installed,
+`jax.experimental.topologies` describes the slice's devices, and the very train step that
+training runs (same function, logical-axis rules, shardings, donated state) is lowered over a mesh
+of them and compiled by XLA:TPU. The compiled program reports its per-device memory and XLA's cost
+model (FLOPs, bytes, `optimal_seconds`); the modeled figures derived from them are estimates of
+the TPU cost model, not measurements.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from transformer import flops, inference, run, sharding, tpu_slices, training
+from transformer.tpu_slices import GIB, Slice
+
+MODELED = "XLA TPU cost model, not measured"
+# Environment a TPU runtime library reads at start-up; off a TPU VM these defaults keep it from
+# querying the (absent) metadata server and printing warnings. Never overrides a set value.
+_OFF_TPU_ENVIRONMENT = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v4-8",
+                        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+                        "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"}
+
+
+class DoesNotFit(ValueError):
+  """A compiled step needs more device memory than the chip has."""
+
+
+def prepare_off_tpu_compilation() -> None:
+  """Compile for TPU on a machine without one: CPU as the only runtime platform, quiet libtpu.
+
+  Call before anything initialises JAX's backends.
+  """
+  for key, value in _OFF_TPU_ENVIRONMENT.items():
+    os.environ.setdefault(key, value)
+  jax.config.update("jax_platforms", "cpu")
+
+
+def slice_devices(slice_: Slice, num_slices: int = 1) -> list[Any]:
+  """The devices of a TPU slice (or `num_slices` slices), described without a TPU."""
+  from jax.experimental import topologies  # noqa: PLC0415  (needs libtpu only here)
+
+  if importlib.util.find_spec("libtpu") is None:
+    raise ValueError(f"--topology={slice_.accelerator_type}: compiling for a TPU needs the "
+                     "`libtpu` package: pip install -e '.[tpu]'")
+  options: dict[str, Any] = {"num_slices": num_slices}
+  if slice_.chip_config_name:
+    options["chip_config_name"] = slice_.chip_config_name
+  if slice_.chips_per_host_bounds:
+    options["chips_per_host_bounds"] = slice_.chips_per_host_bounds
+  try:
+    topology = topologies.get_topology_desc(platform="tpu", topology_name=slice_.topology_name,
+                                            **options)
+  except Exception as error:  # jaxlib raises XlaRuntimeError/RuntimeError without a public type
+    raise ValueError(f"--topology={slice_.accelerator_type}: libtpu cannot describe "
+                     f"{slice_.topology_name}: {str(error).splitlines()[0]}") from None
+  return list(topology.devices)
+
+
+def hbm_bytes(memory: Any) -> int:
+  """Per-device bytes a compiled program needs: arguments + outputs + temporaries - aliased."""
+  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes +
+             memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+
+
+def _cost(compiled: Any) -> dict[str, float]:
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):  # older jaxlibs return one dict per program
+    cost = cost[0] if cost else {}
+  return {key: float(cost.get(key, 0.0)) for key in ("flops", "bytes accessed",
+                                                     "optimal_seconds")}
+
+
+def modeled_seconds(cost: dict[str, float], chip: tpu_slices.Chip) -> tuple[float, str]:
+  """Per-device step time and where it comes from.
+
+  XLA's `optimal_seconds` when it is positive and not below the roofline; otherwise the roofline
+  itself (the larger of FLOPs / peak FLOP/s and bytes accessed / HBM bandwidth, per device).
+  """
+  roofline = max(cost["flops"] / chip.peak_bf16_flops,
+                 cost["bytes accessed"] / chip.hbm_bytes_per_second)
+  if cost["optimal_seconds"] > 0 and cost["optimal_seconds"] >= roofline:
+    return cost["optimal_seconds"], "xla_optimal_seconds"
+  return roofline, "roofline"
+
+
+def _abstract(shape: Sequence[int], dtype: Any, sharding_: Any) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding_)
+
+
+def compile_train_step(setup: run.Setup, config: ml_collections.ConfigDict) -> Any:
+  """The training step compiled for `setup.mesh` at the configured batch shape."""
+  data = config.data
+  batch_sharding = sharding.batch_sharding(setup.mesh)
+  batch = jax.tree.map(lambda x: _abstract((data.batch_size,) + x.shape[1:], x.dtype,
+                                           batch_sharding),
+                       training.dummy_batch(1, data.packed_length, data.packed_inputs_length))
+  return run.compiled_train_step(setup, config).lower(setup.abstract_state, batch).compile()
+
+
+def compile_decode_step(setup: run.Setup, config: ml_collections.ConfigDict) -> Any:
+  """The configured decoding (beam search by default) of one evaluation batch, compiled."""
+  inputs = _abstract((config.data.eval_batch_size, config.data.max_eval_length), np.int32,
+                     sharding.batch_sharding(setup.mesh))
+  options = inference.DecodeOptions.from_config(config.decode)
+  return inference.translate_ids.lower(setup.model, setup.abstract_state.params, inputs,
+                                       options).compile()
+
+
+def _step_report(compiled: Any, num_devices: int, chip: tpu_slices.Chip | None
+                 ) -> dict[str, Any]:
+  memory = compiled.memory_analysis()
+  cost = _cost(compiled)
+  report: dict[str, Any] = {
+      "hbm_bytes_per_device": hbm_bytes(memory) if memory is not None else None,
+      "flops_per_device": cost["flops"],
+      "flops_per_step": cost["flops"] * num_devices,
+      "bytes_accessed_per_device": cost["bytes accessed"],
+      "xla_optimal_seconds": cost["optimal_seconds"],
+  }
+  if chip is not None:
+    seconds, source = modeled_seconds(cost, chip)
+    report.update(hbm_capacity_bytes=chip.hbm_bytes,
+                  fits=report["hbm_bytes_per_device"] <= chip.hbm_bytes,
+                  modeled_step_seconds=seconds, modeled_step_seconds_source=source)
+  return report
+
+
+_OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?\(([\d.]+)([KMGT])\)"
+                            r".*?\(([\d.]+)([KMGT])\)")
+
+
+def _compile_or_oom(compile_step: Any, setup: run.Setup, config: ml_collections.ConfigDict,
+                    chip: tpu_slices.Chip | None) -> dict[str, Any]:
+  """The step's report, or `fits: False` with XLA's figures when XLA:TPU runs out of HBM.
+
+  XLA:TPU refuses to compile a program whose temporaries exceed the chip's HBM, so the sizes come
+  from its message (`required (63.48G) exceeds available HBM (15.75G)`).
+  """
+  try:
+    return _step_report(compile_step(setup, config), setup.mesh.size, chip)
+  except jax.errors.JaxRuntimeError as error:
+    found = _OUT_OF_MEMORY.search(str(error).replace("\n", " "))
+    if chip is None or not found:
+      raise
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    return {"fits": False, "hbm_bytes_per_device": int(float(found[1]) * scale[found[2]]),
+            "hbm_capacity_bytes": int(float(found[3]) * scale[found[4]]),
+            "xla_error": str(error).splitlines()[0]}
+
+
+def compile_report(config: ml_collections.ConfigDict, accelerator_type: str | None = None
+                   ) -> dict[str, Any]:
+  """Compiles the train and decode steps (for a TPU slice, or this host's devices).
+
+  Returns the figures `--mode=compile` prints and writes; for a slice they include the modeled
+  step time, throughput, MFU and the time and cost of `config.train.num_steps`.
+  """
+  slice_ = tpu_slices.get_slice(accelerator_type) if accelerator_type else None
+  num_slices = config.mesh.get("dcn_data", 1)
+  devices = slice_devices(slice_, num_slices) if slice_ else jax.devices()
+  setup = run.make_setup(config, devices=devices)
+  model_config = setup.model.config
+  data = config.data
+  source_length = data.packed_inputs_length or data.packed_length
+  chip = slice_.chip if slice_ else None
+  train = _compile_or_oom(compile_train_step, setup, config, chip)
+  decode = _compile_or_oom(compile_decode_step, setup, config, chip)
+  model_flops = flops.train_step_flops(model_config, data.batch_size, source_length,
+                                       data.packed_length)
+  report: dict[str, Any] = {
+      "accelerator_type": accelerator_type or f"host ({devices[0].platform})",
+      "topology": slice_.topology_name if slice_ else None,
+      "slices": num_slices,
+      "chips": slice_.chips * num_slices if slice_ else len(devices),
+      "hosts": slice_.hosts * num_slices if slice_ else jax.process_count(),
+      "devices": len(devices),
+      "device_kind": devices[0].device_kind,
+      "mesh": {name: int(size) for name, size in setup.mesh.shape.items()},
+      "parameters": int(sum(np.prod(x.shape) for x in
+                            jax.tree.leaves(setup.abstract_state.params))),
+      "dtype": model_config.dtype,
+      "remat_policy": model_config.remat_policy,
+      "rows_per_step": data.batch_size,
+      "tokens_per_step": data.batch_size * (source_length + data.packed_length),
+      "model_flops_per_step": model_flops,
+      "train": train,
+      "decode": {**decode, "sentences": data.eval_batch_size,
+                 "max_source_length": data.max_eval_length,
+                 "method": config.decode.method, "beam_size": config.decode.beam_size},
+  }
+  if slice_ and train["fits"] and decode["fits"]:
+    report.update(_modeled_run(report, config, slice_.chip))
+  elif slice_:
+    report.update(fits=False, modeled=MODELED)
+  return report
+
+
+def _modeled_run(report: dict[str, Any], config: ml_collections.ConfigDict,
+                 chip: tpu_slices.Chip) -> dict[str, Any]:
+  """Throughput, MFU, time and dollars of the configured run under the TPU cost model."""
+  seconds = report["train"]["modeled_step_seconds"]
+  chips = report["chips"]
+  hours = config.train.num_steps * seconds / 3600
+  return {
+      "modeled": MODELED,
+      "peak_bf16_flops_per_chip": chip.peak_bf16_flops,
+      "modeled_step_seconds": seconds,
+      "modeled_step_seconds_source": report["train"]["modeled_step_seconds_source"],
+      "modeled_tokens_per_second": report["tokens_per_step"] / seconds,
+      "modeled_mfu": flops.mfu(report["model_flops_per_step"], 1, seconds,
+                               chip.peak_bf16_flops * chips),
+      "num_steps": config.train.num_steps,
+      "modeled_train_hours": hours,
+      "modeled_cost_usd_on_demand": hours * chips * chip.on_demand_usd_per_chip_hour,
+      "modeled_cost_usd_spot": hours * chips * chip.spot_usd_per_chip_hour,
+      "usd_per_chip_hour": {"on_demand": chip.on_demand_usd_per_chip_hour,
+                            "spot": chip.spot_usd_per_chip_hour},
+      "prices": tpu_slices.PRICES_SOURCE,
+      "fits": bool(report["train"]["fits"] and report["decode"]["fits"]),
+  }
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """The human-readable table of a compile report."""
+  gib = lambda n: "n/a" if n is None else f"{n / GIB:.2f} GiB"
+  train, decode = report["train"], report["decode"]
+  if not report.get("fits", True):
+    return "\n".join(
+        [f"{report['accelerator_type']} ({report['topology']}): DOES NOT FIT"] +
+        [f"{step} step: needs {gib(report[step]['hbm_bytes_per_device'])} per device of "
+         f"{gib(report[step]['hbm_capacity_bytes'])}" for step in ("train", "decode")
+         if not report[step]["fits"]])
+  lines = [
+      f"{report['accelerator_type']}" + (f" ({report['topology']}, {report['chips']} chips, "
+                                         f"{report['hosts']} host(s))" if report["topology"]
+                                         else f": {report['devices']} device(s)"),
+      f"mesh {report['mesh']}; {report['parameters']:,d} parameters; {report['dtype']}; "
+      f"remat {report['remat_policy']}",
+      f"batch: {report['rows_per_step']} rows, {report['tokens_per_step']:,d} tokens per step "
+      "(source + target)",
+      f"{'':28s}{'train step':>16s}{'decode step':>16s}",
+      f"{'memory per device':28s}{gib(train['hbm_bytes_per_device']):>16s}"
+      f"{gib(decode['hbm_bytes_per_device']):>16s}",
+      f"{'XLA FLOPs per step (global)':28s}{train['flops_per_step']:>16.4g}"
+      f"{decode['flops_per_step']:>16.4g}",
+      f"{'model FLOPs per step':28s}{report['model_flops_per_step']:>16.4g}{'':>16s}",
+  ]
+  if "modeled_mfu" in report:
+    lines[4] += f"  (of {gib(train['hbm_capacity_bytes'])}: " + \
+        ("fits)" if report["fits"] else "DOES NOT FIT)")
+    lines += [
+        f"{'step time':28s}{train['modeled_step_seconds'] * 1e3:>13.2f} ms"
+        f"{decode['modeled_step_seconds'] * 1e3:>13.2f} ms   ({train['modeled_step_seconds_source']})",
+        f"modeled: {report['modeled_tokens_per_second']:,.0f} tokens/s, MFU "
+        f"{report['modeled_mfu']:.1%}; {report['num_steps']:,d} steps in "
+        f"{report['modeled_train_hours']:.1f} h = ${report['modeled_cost_usd_on_demand']:,.0f} "
+        f"on demand, ${report['modeled_cost_usd_spot']:,.0f} spot",
+        f"({report['modeled']}; MFU = model FLOPs / time / bf16 peak; {report['prices']})",
+    ]
+  return "\n".join(lines)
+
+
+def check_fits(report: dict[str, Any]) -> None:
+  """Raises DoesNotFit naming the needed and available memory and what to change."""
+  for step in ("train", "decode"):
+    figures = report[step]
+    if figures.get("fits", True):
+      continue
+    advice = ("lower config.data.batch_size, raise config.mesh.fsdp or set "
+              "config.model.remat_policy=full" if step == "train" else
+              "lower config.data.eval_batch_size or config.decode.beam_size")
+    raise DoesNotFit(f"{report['accelerator_type']}: the {step} step needs "
+                     f"{figures['hbm_bytes_per_device'] / GIB:.2f} GiB per device but a "
+                     f"{report['device_kind']} has {figures['hbm_capacity_bytes'] / GIB:.0f} GiB: "
+                     f"{advice}")
+
+
+def write_report(report: dict[str, Any], workdir: str, name: str) -> str:
+  """Writes `WORKDIR/compile/NAME.json` atomically; returns its path."""
+  directory = os.path.join(workdir, "compile")
+  tf.io.gfile.makedirs(directory)
+  path = os.path.join(directory, f"{name}.json")
+  temporary = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(temporary, "w") as handle:
+    handle.write(json.dumps(report, indent=2) + "\n")
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+  return path
+
+
+def compile_mode(config: ml_collections.ConfigDict, workdir: str, accelerator_type: str | None
+                 ) -> str:
+  """`--mode=compile`: compile, write the JSON, return the table; DoesNotFit after writing."""
+  report = compile_report(config, accelerator_type)
+  path = write_report(report, workdir, accelerator_type or "host")
+  check_fits(report)
+  return f"{format_report(report)}\nwritten: {path}"
