@@ -58,10 +58,12 @@ def jax_setup(size: str, prng_impl: str = "threefry2x32", **model_overrides):
 
 
 def jax_step(size: str, prng_impl: str = "threefry2x32", **model_overrides):
-  """(run k steps -> seconds, FLOPs per step, compiled bytes) for our train step."""
+  """(run k steps -> seconds, model FLOPs per step, compiled bytes) for our train step.
+
+  MFU counts model FLOPs (transformer/flops.py, the usual definition) for both frameworks."""
   config, setup, state, batch = jax_setup(size, prng_impl, **model_overrides)
   compiled = run.compiled_train_step(setup, config).lower(state, batch).compile()
-  flops = float(compiled.cost_analysis()["flops"])
+  flops = run.model_flops_per_step(setup, config)
   memory = compiled.memory_analysis()
   footprint = memory.temp_size_in_bytes + memory.argument_size_in_bytes
   holder = {"state": state}

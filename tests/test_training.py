@@ -289,15 +289,41 @@ def test_interrupted_save_is_never_restored(data_dir, tmp_path):
   assert "resumed from the checkpoint at step 10" in resumed.stdout
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-  result = run_main(tmp_path, data_dir, "--config.train.learning_rate_factor=1e30",
-                    "--config.train.checkpoint_every_steps=1")
+def test_nan_stops_and_keeps_only_checkpoints_with_finite_parameters(data_dir, tmp_path):
+  # Parameters grow ~lr per step and the warm-up raises lr: finite for a few steps, then not.
+  result = run_main(tmp_path, data_dir, "--config.train.learning_rate_factor=1e21",
+                    "--config.train.checkpoint_every_steps=1", "--config.train.num_steps=40")
   assert result.returncode != 0
   message = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert message and "training loss became nan at step" in message[0], result.stderr[-2000:]
-  bad_step = int(message[0].split("at step ")[1].split(";")[0])
+  assert len(message) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert "became NaN or infinite by step" in message[0] or "loss became" in message[0]
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-  assert all(step < bad_step for step in saved)
+  assert saved, "the run diverged before its first checkpoint: the test checks nothing"
+  manager = checkpointing.read_only_manager(str(tmp_path / "checkpoints"))
+  config = tiny_config(data_dir)
+  state, _ = checkpointing.restore(manager, saved[-1], run.make_setup(config).abstract_state)
+  assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
+  assert f"last good checkpoint is step {saved[-1]}" in message[0]
+
+
+def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_path):
+  first = run_main(tmp_path, data_dir, "--config.train.num_steps=10")
+  assert first.returncode == 0, first.stderr[-2000:]
+  config = tiny_config(data_dir)
+  manager = checkpointing.make_manager(str(tmp_path / "checkpoints"), keep=5, save_every=1,
+                                       best_metric="eval_loss", best_mode="min")
+  builder, tokenizer = run.prepare_inputs(config, str(tmp_path))
+  setup = run.make_setup(config, tokenizer.vocab_size)
+  iterator = run.dataset_iterator.TfDatasetIterator(
+      run.inputs.train_dataset(builder, config, tokenizer), checkpoint=True)
+  state, metadata = checkpointing.restore(manager, 10, setup.abstract_state, iterator)
+  state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+  checkpointing.save(manager, 11, state, iterator, metadata, force=True)
+  manager.wait_until_finished()
+  result = run_main(tmp_path, data_dir, "--config.train.num_steps=12")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "error: the checkpoint at step 11" in result.stderr
+  assert "holds NaN or infinite parameters" in result.stderr
 
 
 @pytest.mark.parametrize("override, message", [

@@ -11,7 +11,6 @@ import functools
 import json
 import math
 import os
-import signal
 import time
 from typing import Any, Sequence
 
@@ -28,8 +27,8 @@ from clu.data import dataset_iterator
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from transformer import (checkpointing, compilation_cache, evaluation, flops, inference,
-                         sharding, training)
+from transformer import (checkpointing, compilation_cache, evaluation, flops, guards, inference,
+                         provenance, sharding, training)
 from transformer import config as model_config_lib
 from transformer.data import datasets, inputs
 from transformer.data.tokenizer import Tokenizer
@@ -226,35 +225,18 @@ def prepare_inputs(config: ml_collections.ConfigDict, workdir: str):
 
 
 def checkpoint_metadata(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict:
-  """The config and tokenizer that travel with every checkpoint."""
+  """The config, tokenizer and provenance (commit, versions, devices, seed) of every checkpoint."""
   return {"config": json.loads(config.to_json_best_effort()),
-          "tokenizer": checkpointing.encode_bytes(tokenizer.model_proto)}
+          "tokenizer": checkpointing.encode_bytes(tokenizer.model_proto),
+          "provenance": provenance.collect(config.seed)}
 
 
-class Preemption:
-  """Turns SIGTERM (TPU preemption, `kill`) into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def restore(self) -> None:
-    """Puts the previous handler back."""
-    signal.signal(signal.SIGTERM, self._previous)
-
-
-def check_finite(pending: list[tuple[int, jax.Array]], last_checkpoint: int | None) -> None:
-  """Raises FloatingPointError naming the first step whose loss is NaN or infinite."""
-  for step, loss in pending:
-    value = float(loss)
-    if not math.isfinite(value):
-      raise FloatingPointError(f"training loss became {value} at step {step}; stopping. The last "
-                               f"good checkpoint is step {last_checkpoint}")
-  pending.clear()
+def write_provenance(workdir: str, metadata: dict) -> None:
+  """`WORKDIR/provenance.json` (process 0): what sweeps copy into their results rows."""
+  if jax.process_index() != 0:
+    return
+  with tf.io.gfile.GFile(os.path.join(workdir, "provenance.json"), "w") as handle:
+    handle.write(json.dumps({**metadata["provenance"], "config": metadata["config"]}, indent=1))
 
 
 def report(line: str) -> None:
@@ -292,9 +274,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       save_every=config.train.checkpoint_every_steps, best_metric=config.train.best_metric,
       best_mode=config.train.best_mode)
   metadata = checkpoint_metadata(config, tokenizer)
+  write_provenance(workdir, metadata)
   latest = manager.latest_step()
   if latest is not None:
     state, _ = checkpointing.restore(manager, latest, setup.abstract_state, train_iterator)
+    if not guards.all_finite(state.params):
+      raise FloatingPointError(f"the checkpoint at step {latest} in {workdir}/checkpoints holds "
+                               "NaN or infinite parameters; delete that step's directory to "
+                               "resume from an earlier one")
     report(f"resumed from the checkpoint at step {latest}")
   else:
     state = initial_state(setup)
@@ -310,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   flops_per_step = model_flops_per_step(setup, config)
   total_peak = peak_flops(config.train.peak_flops, setup.mesh.size)
   log = MetricsLog(workdir)
-  preemption = Preemption()
+  preemption = guards.Preemption()
   pending_losses: list[tuple[int, jax.Array]] = []
   accumulated: dict[str, jax.Array] = {}
   step = int(state.step)
@@ -332,7 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         jax.profiler.stop_trace()
       last_step = step == num_steps
       if step % config.train.log_every_steps == 0 or last_step:
-        check_finite(pending_losses, manager.latest_step())
+        guards.check_finite_losses(pending_losses, manager.latest_step())
         sums = jax.device_get(accumulated)
         elapsed = time.perf_counter() - interval_start
         weight = max(float(sums["weight"]), 1.0)
@@ -359,14 +346,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         report(f"step {step} validation: " +
                " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
         last_metrics.update(eval_metrics)
-      if (step % config.train.checkpoint_every_steps == 0 or last_step
-          or preemption.requested):
-        check_finite(pending_losses, manager.latest_step())
+      stop = preemption.agreed()  # every process, every step: they must stop at the same one
+      if step % config.train.checkpoint_every_steps == 0 or last_step or stop:
+        guards.check_finite_losses(pending_losses, manager.latest_step())
+        guards.check_finite_parameters(state.params, step, manager.latest_step())
         ranked = eval_metrics if eval_metrics and config.train.best_metric in eval_metrics \
             else None  # e.g. no BLEU at this evaluation: not a candidate for "best"
         checkpointing.save(manager, step, state, train_iterator, metadata, metrics=ranked,
                            force=True)
-      if preemption.requested:
+      if stop:
         report(f"SIGTERM received: saved a checkpoint at step {step}, exiting")
         break
       if not last_step:
@@ -376,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                  process_index, process_count)
       test = bleu_metrics(setup, config, state.params, test_set, tokenizer)
       report(f"{config.data.test_split} BLEU {test['bleu']:.2f} chrF {test['chrf']:.2f} "
-             f"({len(test_set.sources)} sentences, beam {config.decode.beam_size}, "
+             f"({inputs.global_size(test_set)} sentences, beam {config.decode.beam_size}, "
              f"alpha {config.decode.alpha})\nBLEU signature: {test['bleu_signature']}")
       last_metrics.update(test_bleu=test["bleu"], test_chrf=test["chrf"])
   finally:

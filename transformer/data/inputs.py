@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -64,4 +65,32 @@ def eval_set(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDic
   batches, sources, references = pipeline.evaluation_batches(
       dataset, tokenizer, batch_size=local_batch, max_length=data.max_eval_length,
       num_batches=-(-per_process // local_batch))
+  if process_count > 1:
+    batches = agree_widths(batches)
   return EvalSet(batches, sources, references)
+
+
+def global_size(evaluation: EvalSet) -> int:
+  """Sentences of the split over all processes (each process holds its share)."""
+  if jax.process_count() == 1:
+    return len(evaluation.sources)
+  from jax.experimental import multihost_utils  # noqa: PLC0415  (multi-process runs only)
+  return int(np.sum(multihost_utils.process_allgather(np.array(len(evaluation.sources)))))
+
+
+def agree_widths(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+  """Pads each process's i-th batch to the widest i-th batch of any process.
+
+  The processes' rows form one global array per batch, so its width must be the same on every
+  process (a collective; every process calls it with the same number of batches).
+  """
+  from jax.experimental import multihost_utils  # noqa: PLC0415  (multi-process runs only)
+
+  widths = np.array([[batch[f].shape[1] for f in pipeline.FEATURES] for batch in batches],
+                    np.int32)
+  agreed = np.max(multihost_utils.process_allgather(widths), axis=0)
+  padded = []
+  for batch, row in zip(batches, agreed):
+    padded.append({**batch, **{f: np.pad(batch[f], ((0, 0), (0, int(w) - batch[f].shape[1])))
+                               for f, w in zip(pipeline.FEATURES, row)}})
+  return padded
