@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 import matplotlib
+import numpy as np
 import tensorflow as tf
 
 matplotlib.use("Agg")
@@ -38,23 +39,51 @@ def read_results(root: str) -> list[dict[str, Any]]:
   return list(rows.values())
 
 
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One row per point, its seed repeats (`NAME@seedS`) folded in: means, sample std, count."""
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for row in rows:
+    groups.setdefault(row["point"].split("@seed")[0], []).append(row)
+  folded = []
+  for name, members in groups.items():
+    row = {**members[0], "point": name, "seeds": len(members),
+           "overrides": {k: v for k, v in members[0]["overrides"].items() if k != "seed"}}
+    for key in ("eval_perplexity", "eval_bleu", "wall_seconds"):
+      values = [m[key] for m in members if m.get(key) is not None]
+      row[key] = float(np.mean(values)) if values else None
+      row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    folded.append(row)
+  return folded
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
   if value is None:
     return "-"
   return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _with_spread(row: dict[str, Any], key: str, digits: int) -> str:
+  spread = row.get(f"{key}_std")
+  text = _fmt(row.get(key), digits)
+  return text if spread is None else f"{text} ± {spread:.{digits}f}"
+
+
 def _bleu_change(row: dict[str, Any], base: dict[str, Any]) -> str:
+  """BLEU difference to base; 'tie' when it is smaller than the seed spread of either row."""
   if row is base or row.get("eval_bleu") is None or base.get("eval_bleu") is None:
     return ""
-  return f"{row['eval_bleu'] - base['eval_bleu']:+.1f}"
+  change = row["eval_bleu"] - base["eval_bleu"]
+  spread = max(row.get("eval_bleu_std") or 0.0, base.get("eval_bleu_std") or 0.0)
+  return f"{change:+.1f}" + (" (tie)" if abs(change) < spread else "")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-  """Table 3 layout: the base row in full, other rows show only what they change."""
+  """Table 3 layout: the base row in full, other rows show only what they change; seed repeats
+  are folded into mean ± sample std, and a BLEU difference inside the spread is a tie."""
+  rows = aggregate(rows)
   base = next((r for r in rows if r["point"] == "base"), rows[0])
   with_reference = any(row.get("reference") for row in rows)
-  header = ["", *[name for name, _ in COLUMNS], "PPL (dev)", "BLEU (dev)", "vs base",
+  header = ["", *[name for name, _ in COLUMNS], "seeds", "PPL (dev)", "BLEU (dev)", "vs base",
             *(["ref. PPL", "ref. BLEU"] if with_reference else []), "params x10^6", "wall min"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
@@ -63,8 +92,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
       value = row["overrides"].get(key)
       changed = row is base or value != base["overrides"].get(key)
       cells.append(_fmt(value) if changed and value is not None else "")
-    cells += [_fmt(row.get("eval_perplexity")), _fmt(row.get("eval_bleu"), 1),
-              _bleu_change(row, base)]
+    cells += [str(row["seeds"]), _with_spread(row, "eval_perplexity", 2),
+              _with_spread(row, "eval_bleu", 1), _bleu_change(row, base)]
     if with_reference:
       reference = row.get("reference") or {}
       cells += [_fmt(reference.get("perplexity")), _fmt(reference.get("bleu"), 1)]
@@ -77,10 +106,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str) -> None:
   """BLEU (dev) against parameter count, one labelled point per variant."""
   figure, axis = plt.subplots(figsize=(7, 4.5))
-  for row in rows:
+  for row in aggregate(rows):
     if row.get("eval_bleu") is None:
       continue
-    axis.scatter(row["params"] / 1e6, row["eval_bleu"])
+    axis.errorbar(row["params"] / 1e6, row["eval_bleu"], yerr=row.get("eval_bleu_std"),
+                  fmt="o", capsize=3)
     axis.annotate(row["point"], (row["params"] / 1e6, row["eval_bleu"]), fontsize=7,
                   xytext=(3, 3), textcoords="offset points")
   axis.set_xlabel("parameters (millions)")

@@ -1,14 +1,17 @@
 """Runs a sweep: every point is a normal training run; finished points are skipped.
 
     python -m experiments.sweep --sweep=experiments/sweeps/table3.py[:SCALE] --root=DIR \
-        [--only=base,A_h1] [--parallel=1]
+        [--only=base,A_h1] [--parallel=1] [--seeds=0,1,2] [--retries=2]
 
 A sweep file defines `get_sweep(arg)` returning `{"name", "config", "points": [{"name",
 "overrides"}]}` and optionally `"reference": {point: {"perplexity", "bleu"}}` (published numbers,
 shown beside ours in the report). Each point trains in `ROOT/NAME` with `python -m transformer.main`; its summary
 (config, parameter count, steps, wall time, final validation perplexity and BLEU) is appended to
-`ROOT/results.jsonl`. A sweep stopped and started again picks up where it stopped (each point
-resumes from its own checkpoints). `python -m experiments.report --root=DIR` writes the
+`ROOT/results.jsonl` with the full resolved config, the git commit, library versions, devices,
+seed and wall time. A point is done only when its trainer exited 0 and its workdir holds the
+final step's checkpoint; a failed point is run again up to `--retries` times (it resumes from its
+checkpoints). `--seeds=0,1,2` repeats every point with each seed (`NAME@seedS`; the config's own
+seed keeps the plain name). A sweep stopped and started again picks up where it stopped. `python -m experiments.report --root=DIR` writes the
 comparison.
 """
 
@@ -38,6 +41,10 @@ Launcher = Callable[[list[str], str], int]
 
 class SweepError(ValueError):
   """A sweep file that cannot run: names the point and the key."""
+
+
+class PointFailed(RuntimeError):
+  """A point that failed every attempt."""
 
 
 def _load_module(path: str, what: str):
@@ -99,6 +106,40 @@ def validate(sweep: dict[str, Any]) -> list[ml_collections.ConfigDict]:
   return configs
 
 
+def with_seeds(sweep: dict[str, Any], seeds: list[int] | None) -> dict[str, Any]:
+  """The sweep with every point repeated per seed; the config's own seed keeps the point's name."""
+  if not seeds:
+    return sweep
+  default_seed = load_config(os.path.join(REPO, sweep["config"])).seed
+  points, reference = [], {}
+  for point in sweep["points"]:
+    for seed in seeds:
+      name = point["name"] if seed == default_seed else f"{point['name']}@seed{seed}"
+      overrides = point["overrides"] if seed == default_seed else {**point["overrides"],
+                                                                   "seed": seed}
+      points.append({"name": name, "overrides": overrides})
+      if point["name"] in sweep.get("reference", {}):
+        reference[name] = sweep["reference"][point["name"]]
+  return {**sweep, "points": points, "reference": reference}
+
+
+def selected(sweep: dict[str, Any], only: set[str] | None) -> set[str] | None:
+  """The points `--only` names; a name also selects its seed repeats (`base` -> `base@seed1`)."""
+  if not only:
+    return None
+  names = {p["name"] for p in sweep["points"]}
+  unknown = sorted(name for name in only
+                   if name not in names and not any(n.split("@seed")[0] == name for n in names))
+  if unknown:
+    raise SweepError(f"--only: no point(s) {', '.join(unknown)} in sweep '{sweep['name']}'")
+  return {name for name in names if name in only or name.split("@seed")[0] in only}
+
+
+def completed(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether a point's workdir holds the checkpoint of its final step."""
+  return tf.io.gfile.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps)))
+
+
 def command(sweep: dict[str, Any], point: dict[str, Any], workdir: str) -> list[str]:
   """The training command line of one point."""
   flags = [f"--config.{key}={_flag_value(value)}" for key, value in point["overrides"].items()]
@@ -133,9 +174,20 @@ def append_result(root: str, row: dict[str, Any]) -> None:
     handle.write(existing + json.dumps(row) + "\n")
 
 
+def _provenance(workdir: str) -> dict[str, Any]:
+  """What the trainer recorded about its code and machine (WORKDIR/provenance.json)."""
+  path = os.path.join(workdir, "provenance.json")
+  if not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as handle:
+    recorded = json.load(handle)
+  return {key: recorded.get(key) for key in ("commit", "dirty", "versions", "device_kind",
+                                             "device_count", "process_count")}
+
+
 def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir: str,
               seconds: float) -> dict[str, Any]:
-  """The results row of a finished point, from its metrics.jsonl."""
+  """The results row of a finished point: metrics.jsonl, config and provenance."""
   last: dict[str, Any] = {}
   with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as handle:
     for line in handle:
@@ -145,16 +197,17 @@ def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir:
   return {"point": point["name"], "overrides": point["overrides"], "params": model.num_params(),
           "steps": last.get("step"), "wall_seconds": seconds,
           "eval_perplexity": last.get("eval_perplexity"), "eval_bleu": last.get("eval_bleu"),
-          "eval_loss": last.get("eval_loss")}
+          "eval_loss": last.get("eval_loss"), "seed": config.seed,
+          "config": json.loads(config.to_json_best_effort()), **_provenance(workdir)}
 
 
 def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
-              parallel: int = 1, launcher: Launcher = subprocess_launcher) -> list[str]:
+              parallel: int = 1, launcher: Launcher = subprocess_launcher, retries: int = 0,
+              seeds: list[int] | None = None) -> list[str]:
   """Runs the unfinished points (of `only`, if given); returns the names that ran."""
+  sweep = with_seeds(sweep, seeds)
   configs = dict(zip((p["name"] for p in sweep["points"]), validate(sweep)))
-  unknown = sorted((only or set()) - set(configs))
-  if unknown:
-    raise SweepError(f"--only: no point(s) {', '.join(unknown)} in sweep '{sweep['name']}'")
+  only = selected(sweep, only)
   tf.io.gfile.makedirs(root)
   done = finished(root)
   todo = [p for p in sweep["points"]
@@ -168,11 +221,18 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
     tf.io.gfile.makedirs(workdir)
     start = time.time()
     print(f"run {point['name']} -> {workdir}", flush=True)
-    code = launcher(command(sweep, point, workdir), os.path.join(workdir, "log.txt"))
-    if code != 0:
-      raise RuntimeError(f"point '{point['name']}' failed (exit {code}); see "
-                         f"{os.path.join(workdir, 'log.txt')}")
-    row = summarize(point, configs[point["name"]], workdir, time.time() - start)
+    config = configs[point["name"]]
+    for attempt in range(1, retries + 2):
+      code = launcher(command(sweep, point, workdir), os.path.join(workdir, "log.txt"))
+      if code == 0 and completed(workdir, config):
+        break
+      why = f"exit {code}" if code else f"no checkpoint of step {config.train.num_steps}"
+      print(f"point {point['name']}: attempt {attempt} failed ({why})", flush=True)
+    else:
+      raise PointFailed(f"point '{point['name']}' failed {retries + 1} time(s) (last: {why}); "
+                         f"see {os.path.join(workdir, 'log.txt')}")
+    row = summarize(point, config, workdir, time.time() - start)
+    row["attempts"] = attempt
     if point["name"] in sweep.get("reference", {}):
       row["reference"] = sweep["reference"][point["name"]]
     with lock:  # points finish concurrently with --parallel
@@ -186,18 +246,29 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
     return list(pool.map(run_point, todo))
 
 
+def parse_seeds(text: str) -> list[int] | None:
+  """`0,1,2` -> [0, 1, 2]; '' -> None."""
+  try:
+    return [int(seed) for seed in text.split(",") if seed.strip()] or None
+  except ValueError:
+    raise SweepError(f"--seeds: expected comma-separated integers, got '{text}'") from None
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sweep", required=True, help="sweep file, optionally :ARG")
   parser.add_argument("--root", required=True, help="directory of the points' workdirs")
   parser.add_argument("--only", default="", help="comma-separated point names")
   parser.add_argument("--parallel", type=int, default=1, help="points trained at once")
+  parser.add_argument("--seeds", default="", help="comma-separated seeds: repeat every point")
+  parser.add_argument("--retries", type=int, default=2, help="re-runs of a failed point")
   args = parser.parse_args()
   try:
     sweep = load_sweep(args.sweep)
     only = {name for name in args.only.split(",") if name} or None
-    run_sweep(sweep, args.root, only, args.parallel)
-  except (SweepError, RuntimeError) as error:
+    run_sweep(sweep, args.root, only, args.parallel, retries=args.retries,
+              seeds=parse_seeds(args.seeds))
+  except (SweepError, PointFailed) as error:
     raise SystemExit(f"error: {error}") from None
 
 

@@ -64,7 +64,7 @@ def test_runner_records_results_and_skips_finished_points(tmp_path):
                             {"name": "deep", "overrides": {"model.encoder_layers": 3}}])
   definition["reference"] = {"wide": {"perplexity": 4.75, "bleu": 26.2}}
   calls = []
-  launcher = lambda argv, log: calls.append(argv) or fake_training(argv, log)
+  launcher = lambda argv, log: calls.append(argv) or fake_complete_training(argv, log)
   assert sweep.run_sweep(definition, str(tmp_path), only={"base", "wide"},
                          launcher=launcher) == ["base", "wide"]
   assert "--config.model.d_ff=128" in calls[1]
@@ -79,7 +79,7 @@ def test_runner_records_results_and_skips_finished_points(tmp_path):
 
 
 def test_failed_point_is_not_recorded(tmp_path):
-  with pytest.raises(RuntimeError, match="point 'base' failed"):
+  with pytest.raises(sweep.PointFailed, match="point 'base' failed"):
     sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
                     launcher=lambda argv, log: 1)
   assert sweep.finished(str(tmp_path)) == set()
@@ -102,10 +102,59 @@ def test_report_from_fabricated_results(tmp_path):
     handle.writelines(json.dumps(r) + "\n" for r in rows)
   path = report.write_report(str(tmp_path))
   text = open(path).read()
-  assert "| base |  | 512 |" in text and "| 4.92 | 25.8 |  | - | - | 63.0 | 2.0 |" in text
+  assert "| base |  | 512 |" in text and "| 1 | 4.92 | 25.8 |  | - | - | 63.0 | 2.0 |" in text
   assert "| ref. PPL | ref. BLEU |" in text
   a_row = next(line for line in text.splitlines() if line.startswith("| A_h1"))
   assert "| 1 |" in a_row and "512" not in a_row  # only what the row changes
-  assert "| 5.37 | 24.9 | -0.9 | 5.29 | 24.8 | 63.0 | 1.0 |" in a_row
+  assert "| 1 | 5.37 | 24.9 | -0.9 | 5.29 | 24.8 | 63.0 | 1.0 |" in a_row
   for image in ("bleu_vs_params.png", "validation_curves.png"):
     assert os.path.getsize(tmp_path / image) > 1000
+
+
+def fake_complete_training(argv, log_path):
+  """fake_training plus the final checkpoint a finished run leaves."""
+  fake_training(argv, log_path)
+  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  os.makedirs(os.path.join(workdir, "checkpoints", "20"), exist_ok=True)
+  return 0
+
+
+def test_seeds_repeat_points_and_the_report_shows_their_spread(tmp_path):
+  definition = small_sweep([{"name": "base", "overrides": {}},
+                            {"name": "wide", "overrides": {"model.d_ff": 128}}])
+  calls = []
+  launcher = lambda argv, log: calls.append(argv) or fake_complete_training(argv, log)
+  ran = sweep.run_sweep(definition, str(tmp_path), only={"base"}, launcher=launcher,
+                        seeds=[0, 1, 2])
+  assert sorted(ran) == ["base", "base@seed1", "base@seed2"]
+  plain = next(argv for argv in calls if argv[4].endswith(os.sep + "base"))
+  assert not any(arg.startswith("--config.seed") for arg in plain)  # the config's own seed
+  seeded = next(argv for argv in calls if any("base@seed2" in a for a in argv))
+  assert "--config.seed=2" in seeded
+  rows = {r["point"]: r for r in report.read_results(str(tmp_path))}
+  assert rows["base@seed2"]["seed"] == 2 and rows["base"]["seed"] == 0
+  assert rows["base"]["config"]["train"]["num_steps"] == 20
+  with pytest.raises(sweep.SweepError, match="--only: no point"):
+    sweep.run_sweep(definition, str(tmp_path), only={"nope"}, launcher=launcher, seeds=[0, 1])
+  bleu = {"base": 20.0, "base@seed1": 22.0, "base@seed2": 24.0}  # mean 22, std 2
+  rows = [{**rows[name], "eval_bleu": value} for name, value in bleu.items()]
+  rows += [{**rows[0], "point": "wide", "overrides": {"model.d_ff": 128}, "eval_bleu": 23.5},
+           {**rows[0], "point": "deep", "overrides": {"model.d_ff": 256}, "eval_bleu": 25.0}]
+  table = report.markdown_table(rows)
+  assert "| 3 |" in table and "22.0 ± 2.0" in table
+  assert "+1.5 (tie)" in table and "+3.0 |" in table
+
+
+def test_a_point_without_its_final_checkpoint_is_retried_then_fails(tmp_path):
+  attempts = []
+  launcher = lambda argv, log: attempts.append(argv) or fake_training(argv, log)  # exits 0 early
+  with pytest.raises(sweep.PointFailed, match=r"failed 3 time\(s\) \(last: no checkpoint of step "
+                                              r"20\)"):
+    sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
+                    launcher=launcher, retries=2)
+  assert len(attempts) == 3 and sweep.finished(str(tmp_path)) == set()
+  codes = iter([1, 0])
+  retried = lambda argv, log: next(codes) or fake_complete_training(argv, log)
+  assert sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
+                         launcher=retried, retries=1) == ["base"]
+  assert report.read_results(str(tmp_path))[0]["attempts"] == 2
