@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import aot, flops, run, tpu_slices
+from transformer import aot, flops, run, sharding, tpu_slices
 from transformer.config import ModelConfig
 from transformer.model import Transformer
 
@@ -124,6 +124,16 @@ def test_tiny_config_compiles_for_tpu_slices(accelerator, mesh):
   assert "XLA TPU cost model, not measured" in aot.format_report(report)
 
 
+def test_multi_slice_mesh_puts_data_parallelism_across_slices():
+  devices = aot.slice_devices(tpu_slices.get_slice("v5litepod-4"), num_slices=2)
+  mesh = sharding.make_mesh(-1, 2, 1, devices, dcn_data=2)
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
+  slices = np.vectorize(lambda device: device.slice_index)(mesh.devices)
+  assert (slices[:2] == 0).all() and (slices[2:] == 1).all()  # fsdp stays inside a slice
+  with pytest.raises(ValueError, match="config.mesh.dcn_data=4 but the devices come from 2"):
+    sharding.make_mesh(-1, 1, 1, devices, dcn_data=4)
+
+
 def test_modeled_time_falls_back_to_the_roofline():
   chip = tpu_slices.CHIPS["v4"]
   cost = {"flops": 275e12, "bytes accessed": 1228e9 * 2, "optimal_seconds": -5.0}
@@ -149,6 +159,7 @@ def test_compile_mode_for_a_topology_writes_the_json(tmp_path):
   assert "XLA TPU cost model, not measured" in result.stdout
   report = json.loads((tmp_path / "compile" / "v5litepod-4.json").read_text())
   for key in ("topology", "chips", "hosts", "mesh", "parameters", "tokens_per_step",
+              "hbm_bytes_per_device", "hbm_capacity_bytes", "flops_per_step", "fits",
               "model_flops_per_step", "modeled_step_seconds", "modeled_tokens_per_second",
               "modeled_mfu", "modeled_train_hours", "modeled_cost_usd_on_demand",
               "modeled_cost_usd_spot", "prices", "fits"):

@@ -194,6 +194,10 @@ def compile_report(config: ml_collections.ConfigDict, accelerator_type: str | No
       "rows_per_step": data.batch_size,
       "tokens_per_step": data.batch_size * (source_length + data.packed_length),
       "model_flops_per_step": model_flops,
+      # The train step's figures again at the top level: what "does it fit" is about.
+      "hbm_bytes_per_device": train["hbm_bytes_per_device"],
+      "hbm_capacity_bytes": train.get("hbm_capacity_bytes"),
+      "flops_per_step": train.get("flops_per_step"),
       "train": train,
       "decode": {**decode, "sentences": data.eval_batch_size,
                  "max_source_length": data.max_eval_length,
