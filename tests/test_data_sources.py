@@ -208,3 +208,30 @@ def test_unknown_split_and_language(tmp_path):
     datasets.load_split(builder, data, "dev")
   with pytest.raises(DataError, match="has languages en, de, not 'fr'"):
     datasets.prepare(data_config(tmp_path, target_lang="fr"))
+
+
+def test_data_stats_reports_dropped_pairs_per_split(tmp_path):
+  from transformer.data import stats
+  from transformer.data import tokenizer as tokenizer_lib
+  corpus_dir = write_corpus(tmp_path / "corpus", {
+      "train.en": "a cat\n\nthe dog\n" + "x" * 3000 + "\n" + "a cow\n" * 20,
+      "train.de": "eine Katze\nleer\nder Hund\nlang\n" + "eine Kuh\n" * 20,
+      "val.en": "hello\n\n", "val.de": "hallo\nx\n"})
+  config = common.base_config()
+  config.data = data_config(tmp_path, dataset="parallel_text", source_dir=corpus_dir,
+                            eval_split="val", max_train_length=16, packed_length=16)
+  builder = datasets.prepare(config.data)
+  train = datasets.load_split(builder, config.data, "train")
+  tokenizer = tokenizer_lib.load_or_train(
+      str(tmp_path), [t.decode() for ex in train.as_numpy_iterator() for t in ex.values()],
+      vocab_size=40, model_type="unigram", character_coverage=1.0, byte_fallback=False,
+      normalization="nmt_nfkc")
+  text = stats.report(builder, config, tokenizer, str(tmp_path / "stats"))
+  header = next(line for line in text.splitlines() if line.startswith("| split"))
+  columns = [c.strip() for c in header.strip("|").split("|")]
+  rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+          for line in text.splitlines() if line.startswith(("| train", "| val"))}
+  empty, long = columns.index("dropped empty"), columns.index("dropped over-long (chars)")
+  assert (rows["train"][empty], rows["train"][long]) == ("1", "1")
+  assert (rows["val"][empty], rows["val"][long]) == ("1", "0")
+  assert "packing efficiency (train" in text

@@ -70,14 +70,14 @@ def test_outputs_end_with_eos_within_the_length_limit(tiny_model):
   assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
 
 
-def sequence_logprob(model, params, inputs, sequence, limit):
-  """log P(sequence | inputs) by teacher forcing; EOS forced at the limit costs nothing."""
+def sequence_logprob(model, params, inputs, sequence):
+  """log P(sequence | inputs) by teacher forcing: the model's own log-probabilities, nothing else."""
   logits = model.apply({"params": params}, inputs, jnp.asarray([sequence]))
-  logprobs = np.asarray(jax.nn.log_softmax(logits[0]))
-  terms = [logprobs[i, token] for i, token in enumerate(sequence)]
-  if len(sequence) == limit:
-    terms[-1] = 0.0
-  return float(np.sum(terms))
+  logits = np.asarray(logits[0], np.float64)
+  logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                                                                keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+  return float(sum(logprobs[i, token] for i, token in enumerate(sequence)))
 
 
 def test_exhaustive_beam_finds_the_brute_force_best():
@@ -87,10 +87,11 @@ def test_exhaustive_beam_finds_the_brute_force_best():
   inputs = jnp.array([[3, 4, EOS_ID]])
   extra, alpha = 1, 0.6  # outputs of at most 4 tokens
   limit = 3 + extra
-  non_eos = [t for t in range(5) if t not in (EOS_ID, config.pad_id)]  # padding is never output
+  # Every output the search may return: up to `limit` tokens ending with EOS, never padding.
+  non_eos = [t for t in range(5) if t not in (EOS_ID, config.pad_id)]
   candidates = [prefix + (EOS_ID,) for n in range(limit)
                 for prefix in itertools.product(non_eos, repeat=n)]
-  scores = {c: sequence_logprob(model, params, inputs, c, limit) /
+  scores = {c: sequence_logprob(model, params, inputs, c) /
             float(decoding.length_penalty(jnp.float32(len(c)), alpha)) for c in candidates}
   ranked = sorted(scores, key=scores.get, reverse=True)
   ids, beam_scores = translate(model, params, inputs, beam_size=len(candidates), alpha=alpha,
@@ -104,3 +105,64 @@ def test_exhaustive_beam_finds_the_brute_force_best():
 def test_bad_decode_options():
   with pytest.raises(ValueError, match="config.decode.method must be one of beam, greedy, sample"):
     inference.DecodeOptions(method="nucleus")
+  with pytest.raises(ValueError, match=r"config.decode.top_p must be in \(0, 1\]"):
+    inference.DecodeOptions(method="sample", top_p=0.0)
+
+
+PROBABILITIES = np.array([0.0, 0.05, 0.1, 0.15, 0.3, 0.4])  # id 0 is padding, never drawn
+
+
+def first_tokens(draws=10_000, seed=0, **options):
+  """The first token of `draws` samples from a fixed next-token distribution."""
+  logits = jnp.log(jnp.maximum(jnp.asarray(PROBABILITIES, jnp.float32), 1e-30))
+  step = lambda tokens, cache: (jnp.tile(logits, (tokens.shape[0], 1)), cache)
+  ids = decoding.sample(step, None, jnp.full([draws], 3), max_length=3, eos_id=EOS_ID,
+                        rng=jax.random.PRNGKey(seed), **options)
+  return np.bincount(np.asarray(ids[:, 0]), minlength=len(PROBABILITIES)) / draws
+
+
+def expected(weights):
+  weights = np.asarray(weights, float)
+  return weights / weights.sum()
+
+
+@pytest.mark.parametrize("options, target", [
+    (dict(temperature=1.0), expected(PROBABILITIES)),
+    (dict(temperature=0.5), expected(PROBABILITIES**2)),  # p^(1/T)
+    (dict(temperature=1.0, top_k=2), expected([0, 0, 0, 0, 0.3, 0.4])),
+    (dict(temperature=1.0, top_p=0.6), expected([0, 0, 0, 0, 0.3, 0.4])),  # 0.4 < 0.6 <= 0.7
+    (dict(temperature=1.0, top_p=0.75), expected([0, 0, 0, 0.15, 0.3, 0.4])),
+])
+def test_sampler_frequencies_match_the_distribution(options, target):
+  # 10k draws: standard error <= 0.005 per token; 0.02 is four of them.
+  np.testing.assert_allclose(first_tokens(**options), target, atol=0.02)
+
+
+def test_every_batch_and_seed_draws_differently():
+  options = inference.DecodeOptions(method="sample", seed=3)
+  assert not np.array_equal(options.batch_rng(0), options.batch_rng(1))
+  assert not np.array_equal(options.batch_rng(0),
+                            inference.DecodeOptions(method="sample", seed=4).batch_rng(0))
+  assert not np.array_equal(first_tokens(draws=200, seed=0, temperature=1.0),
+                            first_tokens(draws=200, seed=1, temperature=1.0))
+
+
+def test_no_repeat_ngram_bans_exactly_the_completing_tokens():
+  sequences = jnp.array([[5, 6, 7, 5, 6, 0, 0], [5, 6, 7, 5, 6, 0, 0]])
+  logprobs = jnp.zeros((2, 9))
+  banned = decoding.ban_repeated_ngrams(logprobs, sequences, jnp.array(5), 3)
+  # "5 6" was followed by 7: 7 would repeat "5 6 7". Nothing else is banned.
+  assert [np.flatnonzero(row < -1).tolist() for row in np.asarray(banned)] == [[7], [7]]
+  assert np.array_equal(decoding.ban_repeated_ngrams(logprobs, sequences, jnp.array(5), 2),
+                        logprobs.at[:, 7].set(decoding.NEG_INF))  # bigram "6 7"... after 6
+  assert np.array_equal(decoding.ban_repeated_ngrams(logprobs, sequences, jnp.array(5), 0),
+                        logprobs)
+
+
+def test_no_repeat_ngram_size_removes_repeats_from_beam_outputs(tiny_model):
+  model, params, inputs = tiny_model
+  ids, _ = translate(model, params, inputs, no_repeat_ngram_size=2, extra_length=20)
+  for hypothesis in ids.reshape(-1, ids.shape[-1]):
+    tokens = [int(t) for t in hypothesis if t]
+    bigrams = list(zip(tokens, tokens[1:]))
+    assert len(bigrams) == len(set(bigrams))

@@ -1,14 +1,17 @@
 """BLEU/chrF, and the evaluate, translate, average and attention modes on a trained tiny model."""
 
+import dataclasses
 import io
 import json
 import os
+
+import jax
 
 import ml_collections
 import numpy as np
 import pytest
 
-from transformer import commands, evaluation, run
+from transformer import bleu_styles, commands, evaluation, run
 from transformer.data.corpus import DataError
 
 import tiny_config
@@ -22,13 +25,37 @@ def test_scores_and_signatures():
   worse = evaluation.score(["the cat sat", "a cat"], hypotheses, "de")
   assert worse["bleu"] < 100.0 and worse["chrf"] < 100.0
   assert "tok:zh" in evaluation.score(["我爱你"], ["我爱你"], "zh")["bleu_signature"]
-  assert "tok:intl" in evaluation.score(hypotheses, hypotheses, "de", "paper")["bleu_signature"]
+  paper = evaluation.score(hypotheses, hypotheses, "de", "paper")["bleu_signature"]
+  assert paper.startswith("moses-tok(de)+compound-split(##AT##)+multi-bleu|") and "tok:none" in paper
 
 
-def test_paper_style_splits_compounds():
-  assert evaluation.split_compounds("Zwei-Wege-Kommunikation") == \
-      "Zwei ##AT##-##AT## Wege ##AT##-##AT## Kommunikation"
-  with pytest.raises(ValueError, match="bleu_style must be one of sacrebleu, paper"):
+def test_paper_style_is_moses_tokens_with_compounds_split_worked_by_hand():
+  assert bleu_styles.paper_tokens("Der Zwei-Wege-Test läuft.", "de") == \
+      "Der Zwei ##AT##-##AT## Wege ##AT##-##AT## Test läuft ."
+  # 8 tokens each; 1-4-gram matches 7/8, 5/7, 4/6, 3/5; equal lengths, no brevity penalty:
+  # BLEU = (7/8 * 5/7 * 4/6 * 3/5)^(1/4) = 0.25^(1/4).
+  result = evaluation.score(["Der Zwei-Wege-Test lief."], ["Der Zwei-Wege-Test läuft."], "de",
+                            "paper")
+  assert result["bleu"] == pytest.approx(100 * 0.25**0.25, abs=1e-6)
+  # The old approximation (sacreBLEU's intl tokenizer on "##AT##-##AT##") made 11 tokens of each
+  # split and scored this pair far higher.
+  assert result["bleu"] < 75
+
+
+def test_multi30k_style_is_lowercased_moses_tokens_worked_by_hand():
+  assert bleu_styles.multi30k_tokens("A man, in a RED shirt.", "en") == "a man , in a red shirt ."
+  # hyp 7 tokens, ref 8: matches 7/7, 5/6, 3/5, 2/4; brevity penalty exp(1 - 8/7).
+  result = evaluation.score(["a man in a red shirt ."], ["A man, in a RED shirt."], "en",
+                            "multi30k")
+  expected = np.exp(1 - 8 / 7) * (1 * 5 / 6 * 3 / 5 * 2 / 4) ** 0.25
+  assert result["bleu"] == pytest.approx(100 * expected, abs=1e-6)
+  assert result["bleu_signature"].startswith("moses-punct-norm+moses-tok(en)+lowercase|")
+  assert bleu_styles.multi30k_tokens("„Hallo“ – sagt er…", "de") == \
+      bleu_styles.multi30k_tokens('"Hallo" - sagt er...', "de")  # punctuation normalised
+
+
+def test_unknown_bleu_style_is_an_error():
+  with pytest.raises(ValueError, match="bleu_style must be one of sacrebleu, paper, multi30k"):
     evaluation.score(["a"], ["a"], "de", "moses")
 
 
@@ -130,17 +157,41 @@ def test_average_writes_a_checkpoint_that_evaluates(trained):
   assert result["step"] == 30
 
 
-def test_attention_maps_are_written_and_rows_sum_to_one(trained):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_attention_maps_are_written_and_the_drawn_rows_sum_to_one(trained, monkeypatch,
+                                                                   scan_layers):
   config, workdir = trained
+  drawn = []
+  plot = commands.plot_attention
+  monkeypatch.setattr(commands, "plot_attention",
+                      lambda layers, *args: drawn.append(layers) or plot(layers, *args))
+  if scan_layers:  # the same parameters, stacked as nn.scan stores them
+    monkeypatch.setattr(commands, "load", scanned_load(commands.load))
   paths = commands.attention_maps(config, workdir, "three hundred forty-two")
   assert sorted(os.path.basename(p) for p in paths) == [
       "decoder_self_attention.png", "encoder_decoder_attention.png", "encoder_self_attention.png"]
   assert all(os.path.getsize(p) > 1000 for p in paths)
-  loaded = commands.load(config, os.path.join(workdir, "checkpoints"))
-  source = np.asarray(loaded.tokenizer.encode(["seven, nine"]), np.int32)
-  _, variables = loaded.model.apply({"params": loaded.params}, source, source,
-                                    mutable=["intermediates"])
-  weights = commands.attention_weights(variables["intermediates"])
-  for per_layer in weights.values():
-    for layer in per_layer:
+  assert len(drawn) == 3 and all(len(layers) == 2 for layers in drawn)  # layers 0 and -1
+  for layers in drawn:
+    for layer in layers:
+      assert layer.ndim == 3  # heads, queries, keys
       np.testing.assert_allclose(layer.sum(-1), 1.0, rtol=1e-5)
+
+
+def scanned_load(load):
+  """commands.load, returning a scan_layers model with the layers' parameters stacked."""
+  def stack(tree):
+    layers = tree["layers"]
+    names = sorted(layers, key=lambda n: int(n.split("_")[-1]))
+    return {**tree, "layers": {"layers": jax.tree.map(lambda *xs: np.stack(xs),
+                                                      *[layers[n] for n in names])}}
+
+  def scanned(*args, **kwargs):
+    loaded = load(*args, **kwargs)
+    params = {**loaded.params, "encoder": stack(loaded.params["encoder"]),
+              "decoder": stack(loaded.params["decoder"])}
+    model = type(loaded.model)(loaded.model.config.replace(scan_layers=True))
+    return dataclasses.replace(loaded, model=model, params=params)
+  return scanned
+
+

@@ -327,8 +327,12 @@ def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_p
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.train.nmu_steps=3", "nmu_steps"),
-    ("--config.train.num_steps=abc", "num_steps"),
+    ("--config.train.nmu_steps=3", "error: --config.train.nmu_steps: no such config key; "
+                                   "closest: config.train.num_steps"),
+    ("--config.nonexistent=1", "error: --config.nonexistent: no such config key"),
+    ("--config=experiments/configs/missing.py", "error: --config: no config file "
+                                                "experiments/configs/missing.py"),
+    ("--config.train.num_steps=abc", "error: flag --config.train.num_steps=abc: invalid literal"),
     ("--config.model.dropout_rate=-0.1", "error: ModelConfig.dropout_rate must be in [0, 1)"),
     ("--config.train.label_smoothing=1.5", "error: config.train.label_smoothing must be in [0, 1)"),
     ("--config.mesh.data=3", "error: config.mesh: data*fsdp*tensor = 3*1*1 does not match"),
@@ -337,6 +341,18 @@ def test_bad_config_is_a_one_line_error(data_dir, tmp_path, override, message):
   result = run_main(tmp_path, data_dir, override, "--mode=compile")
   assert result.returncode != 0
   assert message in result.stderr
+  assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
+      result.stderr
+
+
+def test_default_output_has_no_library_start_up_noise(tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("TF_", "TPU_", "JAX_PLATFORMS", "XLA_FLAGS"))}
+  result = subprocess.run([sys.executable, "-m", "transformer.main", "--mode=describe"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr == "", result.stderr[-2000:]
+  assert result.stdout.startswith("model: d_model=64")
 
 
 def test_compile_mode_reports_memory_and_flops(data_dir, tmp_path):

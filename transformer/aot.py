@@ -25,24 +25,14 @@ from transformer import flops, inference, run, sharding, tpu_slices, training
 from transformer.tpu_slices import GIB, Slice
 
 MODELED = "XLA TPU cost model, not measured"
-# Environment a TPU runtime library reads at start-up; off a TPU VM these defaults keep it from
-# querying the (absent) metadata server and printing warnings. Never overrides a set value.
-_OFF_TPU_ENVIRONMENT = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v4-8",
-                        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
-                        "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0"}
-
-
 class DoesNotFit(ValueError):
   """A compiled step needs more device memory than the chip has."""
 
 
 def prepare_off_tpu_compilation() -> None:
-  """Compile for TPU on a machine without one: CPU as the only runtime platform, quiet libtpu.
-
-  Call before anything initialises JAX's backends.
-  """
-  for key, value in _OFF_TPU_ENVIRONMENT.items():
-    os.environ.setdefault(key, value)
+  """Compile for TPU on a machine without one: CPU as the only runtime platform (libtpu is only
+  the compiler here; `transformer/__init__.py` keeps it quiet). Call before anything initialises
+  JAX's backends."""
   jax.config.update("jax_platforms", "cpu")
 
 

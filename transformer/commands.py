@@ -250,7 +250,11 @@ def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: st
 
 
 def attention_weights(intermediates: Any) -> dict[str, list[np.ndarray]]:
-  """Sown attention weights `[heads, queries, keys]` per layer, by kind of attention."""
+  """Sown attention weights `[heads, queries, keys]` per layer, by kind of attention.
+
+  Layers are `layer_0`, `layer_1`, ... or, with `scan_layers`, one `layers` entry whose arrays
+  carry the layer on a leading axis.
+  """
   found: dict[str, list[np.ndarray]] = {"encoder_self_attention": [],
                                         "decoder_self_attention": [],
                                         "encoder_decoder_attention": []}
@@ -258,8 +262,12 @@ def attention_weights(intermediates: Any) -> dict[str, list[np.ndarray]]:
                        ("decoder", {"self_attention": "decoder_self_attention",
                                     "encoder_decoder_attention": "encoder_decoder_attention"})):
     layers = intermediates[stack]["layers"]
-    for name in sorted(layers, key=lambda n: int(n.split("_")[-1])):
-      for module, kind in kinds.items():
+    for module, kind in kinds.items():
+      if "layers" in layers:  # scanned: [layers, batch, heads, queries, keys]
+        stacked = np.asarray(layers["layers"][module]["attention_weights"][0])
+        found[kind] += [per_layer[0] for per_layer in stacked]
+        continue
+      for name in sorted(layers, key=lambda n: int(n.split("_")[-1])):
         found[kind].append(np.asarray(layers[name][module]["attention_weights"][0])[0])
   return found
 

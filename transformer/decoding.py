@@ -41,23 +41,69 @@ def _gather_beams(tree: Any, indices: jnp.ndarray, batch_size: int, beams_in: in
 def _constrain(logprobs: jnp.ndarray, step: jnp.ndarray, max_lengths: jnp.ndarray,
                eos_id: int, pad_id: int) -> jnp.ndarray:
   """Never padding (id `pad_id` is also the start symbol); only EOS once a sentence reaches its
-  maximum length. `[N, V]` log-probabilities, `[N]` limits."""
+  maximum length. `[N, V]` log-probabilities, `[N]` limits.
+
+  The forced EOS keeps the model's own log-probability: a hypothesis cut at the limit is scored
+  as what it is, a sequence the model would rather have continued. (flax's and t5x's beam search
+  instead drop unfinished beams; we keep them so that every sentence gets an output, but give
+  them no bonus over hypotheses the model ended itself.)
+  """
   logprobs = logprobs.at[:, pad_id].set(NEG_INF)
   at_limit = (step + 1 >= max_lengths)[:, None]
-  only_eos = jnp.full_like(logprobs, NEG_INF).at[:, eos_id].set(0.0)
+  only_eos = jnp.full_like(logprobs, NEG_INF).at[:, eos_id].set(logprobs[:, eos_id])
   return jnp.where(at_limit, only_eos, logprobs)
+
+
+def ban_repeated_ngrams(logprobs: jnp.ndarray, sequences: jnp.ndarray, step: jnp.ndarray,
+                        n: int) -> jnp.ndarray:
+  """Bans every token that would repeat an n-gram already in the hypothesis (fairseq's
+  `--no-repeat-ngram-size`). `logprobs [N, V]`, `sequences [N, L]` with `step` tokens written."""
+  if n <= 0:
+    return logprobs
+  length = sequences.shape[1]
+  positions = jnp.arange(length)
+  # The n-1 tokens that end the hypothesis, against every earlier window of n-1 tokens.
+  match = positions + n - 1 < step  # window j is followed by a token j + n - 1 already written
+  for k in range(n - 1):
+    current = jnp.take(sequences, jnp.clip(step - n + 1 + k, 0, length - 1), axis=1)
+    window = jnp.take(sequences, jnp.clip(positions + k, 0, length - 1), axis=1)
+    match = match & (window == current[:, None])
+  match = match & (step >= n - 1)
+  followers = jnp.take(sequences, jnp.clip(positions + n - 1, 0, length - 1), axis=1)
+  rows = jnp.arange(sequences.shape[0])[:, None]
+  banned = jnp.zeros(logprobs.shape, bool).at[rows, followers].max(match)
+  return jnp.where(banned, NEG_INF, logprobs)
+
+
+def filter_logits(scaled: jnp.ndarray, top_k: int, top_p: float) -> jnp.ndarray:
+  """Keeps the `top_k` most likely tokens and the smallest set whose probability reaches
+  `top_p` (nucleus sampling, Holtzman et al. 2020); 0 and 1.0 keep everything."""
+  if top_k:
+    kth_best = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+    scaled = jnp.where(scaled < kth_best, NEG_INF, scaled)
+  if top_p < 1.0:
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probabilities = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probabilities, axis=-1) - probabilities  # mass of the better tokens
+    kept = jnp.where(before < top_p, ordered, jnp.inf)
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    scaled = jnp.where(scaled < threshold, NEG_INF, scaled)
+  return scaled
 
 
 def sample(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.ndarray, *,
            max_length: int, eos_id: int, start_id: int = 0, temperature: float = 0.0,
-           top_k: int = 0, rng: jax.Array | None = None) -> jnp.ndarray:
-  """Greedy (temperature 0) or temperature/top-k sampling; `[B, L]` ids, 0 after EOS.
+           top_k: int = 0, top_p: float = 1.0, no_repeat_ngram_size: int = 0,
+           rng: jax.Array | None = None) -> jnp.ndarray:
+  """Greedy (temperature 0) or temperature / top-k / top-p sampling; `[B, L]` ids, 0 after EOS.
 
   `max_lengths [B]` caps each sentence (e.g. its source length + 50); `max_length` is the static
-  size of the output.
+  size of the output. Sampling needs `rng`: callers give each batch its own key.
   """
   batch_size = max_lengths.shape[0]
-  rng = rng if rng is not None else jax.random.PRNGKey(0)
+  if temperature != 0.0 and rng is None:
+    raise ValueError("sampling needs an rng key")
+  rng = rng if rng is not None else jax.random.PRNGKey(0)  # unused by greedy decoding
 
   def cond(state):
     step, _, _, finished, _, _ = state
@@ -68,15 +114,13 @@ def sample(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.ndarra
     logits, cache = tokens_to_logits(token[:, None], cache)
     logprobs = _constrain(jax.nn.log_softmax(logits.astype(jnp.float32)), step, max_lengths,
                           eos_id, start_id)
+    logprobs = ban_repeated_ngrams(logprobs, output, step, no_repeat_ngram_size)
     if temperature == 0.0:
       next_token = jnp.argmax(logprobs, axis=-1)
     else:
       rng, step_rng = jax.random.split(rng)
-      scaled = logprobs / temperature
-      if top_k:
-        kth_best = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-        scaled = jnp.where(scaled < kth_best, NEG_INF, scaled)
-      next_token = jax.random.categorical(step_rng, scaled)
+      next_token = jax.random.categorical(
+          step_rng, filter_logits(logprobs / temperature, top_k, top_p))
     next_token = jnp.where(finished, 0, next_token).astype(jnp.int32)
     output = output.at[:, step].set(next_token)
     return step + 1, next_token, output, finished | (next_token == eos_id), cache, rng
@@ -99,8 +143,8 @@ class _BeamState:
 
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.ndarray, *,
-                beam_size: int, alpha: float, max_length: int, eos_id: int, start_id: int = 0
-                ) -> tuple[jnp.ndarray, jnp.ndarray]:
+                beam_size: int, alpha: float, max_length: int, eos_id: int, start_id: int = 0,
+                no_repeat_ngram_size: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Beam search with length penalty; returns sequences `[B, K, L]` and scores `[B, K]`, best first.
 
   `cache` must already be repeated for the beams (`[B * K, ...]`). A hypothesis ends with EOS;
@@ -134,6 +178,9 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.n
     logits, cache = tokens_to_logits(previous.reshape(-1, 1), state.cache)
     logprobs = _constrain(jax.nn.log_softmax(logits.astype(jnp.float32)), step,
                           beam_max_lengths, eos_id, start_id)
+    logprobs = ban_repeated_ngrams(
+        logprobs, state.live_sequences.reshape(batch_size * beam_size, max_length), step,
+        no_repeat_ngram_size)
     vocab_size = logprobs.shape[-1]
     candidates = (state.live_logprobs[:, :, None] +
                   logprobs.reshape(batch_size, beam_size, vocab_size))

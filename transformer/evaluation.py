@@ -1,57 +1,33 @@
-"""Translation quality: decoding an evaluation set, sacreBLEU and chrF, attention maps.
+"""Translation quality: decoding an evaluation set, BLEU (in the style asked for) and chrF.
 
-Two BLEUs, never to be mixed up:
-- `sacrebleu` (default): detokenized output against raw references with sacreBLEU's `13a`
-  tokenizer (`zh` for Chinese targets); the signature printed with every score makes it
-  reproducible.
-- `paper`: the paper's WMT14 recipe, tokenized BLEU with compound splitting (tensor2tensor's
-  `get_ende_bleu.sh`: Moses tokenization, then "a-b" -> "a ##AT##-##AT## b"). We approximate the
-  Moses tokenizer with sacreBLEU's `intl` tokenizer; such scores run about 1 BLEU above
-  sacreBLEU's on newstest2014 and are only comparable to papers that used the same script.
+The BLEU styles and what each means are in `bleu_styles.py`; every score carries its
+sacreBLEU signature and, for the tokenized styles, the recipe applied before it.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 import sacrebleu
 
-from transformer import inference, sharding
+from transformer import bleu_styles, inference, sharding
 from transformer.data.inputs import EvalSet
 from transformer.data.tokenizer import Tokenizer
 from transformer.model import Transformer
 
-_COMPOUND_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
-
-
-def split_compounds(text: str) -> str:
-  """"Zwei-Wege" -> "Zwei ##AT##-##AT## Wege", as in the paper's BLEU script."""
-  return _COMPOUND_HYPHEN.sub(" ##AT##-##AT## ", text)
-
-
-def bleu_tokenizer(target_lang: str) -> str:
-  """sacreBLEU's tokenizer for the target language."""
-  return "zh" if target_lang.lower().startswith("zh") else "13a"
-
-
 def score(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
           style: str = "sacrebleu") -> dict[str, Any]:
-  """BLEU and chrF of detokenized hypotheses, with sacreBLEU signatures."""
-  if style not in ("sacrebleu", "paper"):
-    raise ValueError(f"config.eval.bleu_style must be one of sacrebleu, paper; got {style!r}")
-  if style == "paper":
-    hypotheses = [split_compounds(h) for h in hypotheses]
-    references = [split_compounds(r) for r in references]
-    bleu = sacrebleu.metrics.BLEU(tokenize="intl")
-  else:
-    bleu = sacrebleu.metrics.BLEU(tokenize=bleu_tokenizer(target_lang))
+  """BLEU (of `style`) and chrF of detokenized hypotheses, with sacreBLEU signatures."""
+  transform, bleu, recipe = bleu_styles.preparation(style, target_lang)
   chrf = sacrebleu.metrics.CHRF()
-  bleu_score = _corpus_score(bleu, hypotheses, references)
+  bleu_score = _corpus_score(bleu, [transform(h) for h in hypotheses],
+                             [transform(r) for r in references])
   chrf_score = _corpus_score(chrf, hypotheses, references)
-  return {"bleu": bleu_score.score, "bleu_signature": str(bleu.get_signature()),
+  signature = str(bleu.get_signature())
+  return {"bleu": bleu_score.score,
+          "bleu_signature": signature if style == "sacrebleu" else f"{recipe}|{signature}",
           "bleu_style": style, "chrf": chrf_score.score,
           "chrf_signature": str(chrf.get_signature())}
 
@@ -74,9 +50,10 @@ def translate_eval_set(model: Transformer, params: Any, evaluation: EvalSet,
   hypotheses = [""] * len(evaluation.sources)
   nbest: list[list[tuple[str, float]]] = [[] for _ in evaluation.sources]
   local_rows = evaluation.batches[0]["inputs"].shape[0] if evaluation.batches else 0
-  for batch in evaluation.batches:
+  for number, batch in enumerate(evaluation.batches):
     inputs = sharding.global_batch({"inputs": batch["inputs"]}, mesh)["inputs"]
-    ids, scores = inference.translate_ids(model, params, inputs, options)
+    ids, scores = inference.translate_ids(model, params, inputs, options,
+                                          options.batch_rng(number))
     ids, scores = _local_rows(ids, local_rows), _local_rows(scores, local_rows)
     for row, index in enumerate(batch["index"]):
       if index < 0:

@@ -20,7 +20,8 @@ from transformer.model import Transformer
 
 @dataclasses.dataclass(frozen=True)
 class DecodeOptions:
-  """How to search: `beam` (beam_size, alpha), `greedy`, or `sample` (temperature, top_k)."""
+  """How to search: `beam` (beam_size, alpha), `greedy`, or `sample` (temperature, top_k, top_p,
+  seed); `no_repeat_ngram_size` > 0 bans repeated n-grams in any method."""
 
   method: str = "beam"
   beam_size: int = 4  # Sec. 6.1
@@ -28,6 +29,9 @@ class DecodeOptions:
   extra_length: int = 50  # maximum output length = input length + 50 (Sec. 6.1)
   temperature: float = 1.0
   top_k: int = 0
+  top_p: float = 1.0
+  seed: int = 0
+  no_repeat_ngram_size: int = 0
   use_cache: bool = True
 
   def __post_init__(self):
@@ -36,13 +40,26 @@ class DecodeOptions:
                        f"{self.method!r}")
     if self.beam_size < 1:
       raise ValueError(f"config.decode.beam_size must be positive, got {self.beam_size}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"config.decode.top_p must be in (0, 1], got {self.top_p}")
+    if self.method == "sample" and self.temperature <= 0.0:
+      raise ValueError(f"config.decode.temperature must be positive for sampling, got "
+                       f"{self.temperature}")
 
   @classmethod
   def from_config(cls, decode: Any) -> "DecodeOptions":
     """The settings of an experiment config's `decode` section."""
     return cls(method=decode.method, beam_size=decode.beam_size, alpha=decode.alpha,
                extra_length=decode.extra_length, temperature=decode.temperature,
-               top_k=decode.top_k, use_cache=decode.use_cache)
+               top_k=decode.top_k, top_p=decode.get("top_p", 1.0), seed=decode.get("seed", 0),
+               no_repeat_ngram_size=decode.get("no_repeat_ngram_size", 0),
+               use_cache=decode.use_cache)
+
+  def batch_rng(self, batch_index: int) -> jax.Array:
+    """The sampling key of one batch: `seed`, this process and the batch's number folded in, so
+    no two batches, processes or seeds draw the same numbers."""
+    key = jax.random.fold_in(jax.random.PRNGKey(self.seed), jax.process_index())
+    return jax.random.fold_in(key, batch_index)
 
   @property
   def num_beams(self) -> int:
@@ -101,8 +118,12 @@ def translate_ids(model: Transformer, params: Any, inputs: jnp.ndarray, options:
              "index": jnp.array(0)}
   if options.method == "beam":
     return decoding.beam_search(step, cache, max_lengths, beam_size=beams, alpha=options.alpha,
-                                max_length=length, eos_id=EOS_ID)
+                                max_length=length, eos_id=EOS_ID,
+                                no_repeat_ngram_size=options.no_repeat_ngram_size)
   temperature = 0.0 if options.method == "greedy" else options.temperature
+  if options.method == "sample" and rng is None:
+    rng = options.batch_rng(0)
   ids = decoding.sample(step, cache, max_lengths, max_length=length, eos_id=EOS_ID,
-                        temperature=temperature, top_k=options.top_k, rng=rng)
+                        temperature=temperature, top_k=options.top_k, top_p=options.top_p,
+                        no_repeat_ngram_size=options.no_repeat_ngram_size, rng=rng)
   return ids[:, None, :], jnp.zeros((inputs.shape[0], 1))

@@ -12,13 +12,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import config as model_config
-from transformer import aot, commands, describe, distributed, run
+from transformer import aot, cli_errors, commands, describe, distributed, run
 from transformer.data import datasets, inputs, stats
 from transformer.data.corpus import DataError
 
+_DEFAULT_CONFIG = "experiments/configs/smoke.py"
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "transformer-main":
+  cli_errors.check_config_flags(sys.argv[1:], _DEFAULT_CONFIG)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/smoke.py", "Experiment config file (get_config()).",
-    lock_config=True)
+    "config", _DEFAULT_CONFIG, "Experiment config file (get_config()).", lock_config=True)
 _MODE = flags.DEFINE_enum(
     "mode", "train",
     ["train", "evaluate", "translate", "average", "attention", "compile", "describe",
@@ -95,7 +97,6 @@ def main(argv: list[str]) -> None:
       print(stats.report(builder, config, tokenizer, workdir))
   except (ValueError, DataError, FloatingPointError, FileNotFoundError,
           distributed.StartupError) as error:
-    logging.error("%s", error)
     raise SystemExit(f"error: {error}") from None
 
 
@@ -114,9 +115,24 @@ def translate_to_output(config, workdir: str) -> None:
       os.remove(temporary)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config file or key that does not exist as a one-line error."""
+  try:
+    remaining = flags.FLAGS(argv)
+    _CONFIG.value  # noqa: B018  (a config file that fails to load fails here)
+    return remaining
+  except Exception as error:  # ml_collections raises AttributeError, OSError, flags.Error...
+    try:
+      message = cli_errors.explain(argv[1:], _DEFAULT_CONFIG, error)
+    except ValueError as explained:
+      message = str(explained)
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
 def run_app() -> None:
   """Console-script entry point."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
       extra_length=50,  # maximum output length = input length + 50, Sec. 6.1
       temperature=1.0,  # sample: softmax temperature
       top_k=0,  # sample: keep the k most likely tokens (0 = all)
+      top_p=1.0,  # sample: keep the smallest set of tokens with this probability (nucleus)
+      seed=0,  # sample: each batch (and process) folds its number into this seed
+      no_repeat_ngram_size=0,  # >0: never repeat an n-gram of this size within a hypothesis
       use_cache=True,  # key/value cache (False re-runs the decoder per step; for comparison)
   ))
 
@@ -114,7 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
       split="",  # --mode=evaluate: a dataset split ('' = config.data.test_split)
       source_file="",  # ...or a pair of line-aligned files instead of a split
       reference_file="",
-      bleu_style="sacrebleu",  # sacrebleu (detokenized, 13a/zh) | paper (tokenized, compounds split)
+      # sacrebleu (detokenized, 13a/zh) | paper (Moses-tokenized, compounds split, as the paper)
+      # | multi30k (punctuation-normalized, Moses-tokenized, lowercased); see bleu_styles.py
+      bleu_style="sacrebleu",
       num_average=5,  # --mode=average: last N checkpoints (Sec. 6.1: 5 base, 20 big)
       nbest=1,  # --mode=translate: print the n best hypotheses with scores (<= beam_size)
       attention_layers=(0, -1),  # --mode=attention: layers and heads to draw

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from transformer.data import datasets, pipeline
+from transformer.data import corpus, datasets, pipeline
 from transformer.data.tokenizer import Tokenizer
 
 matplotlib.use("Agg")
@@ -44,6 +44,7 @@ def split_table(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDi
                 tokenizer: Tokenizer) -> tuple[list[dict[str, object]], dict[str, dict]]:
   """One row of statistics per split, and the length arrays for plotting."""
   rows, all_lengths = [], {}
+  dropped = (builder.info.metadata or {}).get("dropped", {})  # parallel_text records these
   for split in builder.info.splits:
     lengths = token_lengths(datasets.load_split(builder, data, split), tokenizer)
     source, target = lengths["inputs"], lengths["targets"]
@@ -53,7 +54,9 @@ def split_table(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDi
         "target tokens": int(target.sum()), "mean source length": float(source.mean()),
         "mean target length": float(target.mean()), "max length": int(max(source.max(),
                                                                          target.max())),
-        "filtered (> max_train_length)": float(too_long)})
+        "filtered (> max_train_length)": float(too_long),
+        "dropped empty": int(dropped.get(split, {}).get("empty", 0)),
+        "dropped over-long (chars)": int(dropped.get(split, {}).get("too_long", 0))})
     all_lengths[split] = lengths
   return rows, all_lengths
 
@@ -91,6 +94,8 @@ def report(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
   lines.append("")
   lines.append(f"vocabulary: {tokenizer.vocab_size} SentencePiece pieces "
                f"({config.tokenizer.model_type})")
+  lines.append("dropped: pairs with an empty side, and pairs with a line over "
+               f"{corpus.MAX_LINE_CHARS} characters, when the dataset was prepared")
   lines.append(f"packing efficiency ({data.train_split}, rows of "
                f"{data.packed_inputs_length or data.packed_length}/{data.packed_length}, "
                f"max_train_length {data.max_train_length}): source "
