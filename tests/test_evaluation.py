@@ -4,6 +4,10 @@ import dataclasses
 import io
 import json
 import os
+import queue
+import subprocess
+import sys
+import threading
 
 import jax
 
@@ -11,10 +15,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from transformer import bleu_styles, commands, evaluation, run
+from transformer import bleu_styles, commands, decoding, evaluation, run
 from transformer.data.corpus import DataError
 
 import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_scores_and_signatures():
@@ -127,6 +133,12 @@ def test_translate_nbest_and_bad_input(trained, tmp_path):
   rows = [line.split("\t") for line in output.getvalue().splitlines()]
   assert [int(r[0]) for r in rows] == [0, 0, 1, 1]
   assert float(rows[0][1]) >= float(rows[1][1])
+  for _, score, _, positional in rows:  # per-token log P; their sum over the length penalty
+    logprobs = [float(p) for p in positional.split()]  # is the hypothesis' score
+    penalty = float(decoding.length_penalty(np.float32(len(logprobs)), config.decode.alpha))
+    rounding = 5e-5 * len(logprobs) / penalty + 5e-5  # each figure is printed to 4 decimals
+    assert sum(logprobs) / penalty == pytest.approx(float(score), abs=rounding + 1e-4)
+    assert all(p <= 0 for p in logprobs)
   source.write_bytes(b"seven\nbad \xff\n")
   with pytest.raises(DataError, match=r"input.en:2: invalid UTF-8"):
     commands.translate(config, workdir, str(source), io.StringIO())
@@ -195,3 +207,45 @@ def scanned_load(load):
   return scanned
 
 
+
+
+def test_translate_streams_stdin_one_batch_at_a_time(trained):
+  config, workdir = trained
+  process = subprocess.Popen(
+      [sys.executable, "-m", "transformer.main", "--config=tests/tiny_config.py",
+       f"--workdir={workdir}", "--mode=translate", "--input=-"], cwd=REPO,
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  answers: "queue.Queue[str]" = queue.Queue()
+  threading.Thread(target=lambda: [answers.put(line) for line in process.stdout],
+                   daemon=True).start()
+  process.stdin.write("seven\n")
+  process.stdin.flush()
+  first = answers.get(timeout=240)  # answered while stdin is still open: streaming
+  process.stdin.write("\nnine\n")
+  process.stdin.close()
+  assert process.wait(timeout=240) == 0, process.stderr.read()[-2000:]
+  rest = [answers.get(timeout=10) for _ in range(2)]
+  assert first.endswith("\n") and rest[0] == "\n" and rest[1].endswith("\n")
+
+
+def test_line_batches_end_when_no_more_input_is_waiting():
+  waiting = iter([True, False, True, True, True])
+  batches = list(commands.line_batches(iter("abcdef"), 3, lambda: next(waiting, True)))
+  assert batches == [["a", "b"], ["c", "d", "e"], ["f"]]
+
+
+def test_evaluate_on_another_dataset_than_the_training_one(trained, tmp_path):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "test.en").write_text("seven\nnine\nforty-two\n")
+  (corpus / "test.de").write_text("sieben\nneun\nzweiundvierzig\n")
+  config.eval.update(dataset="parallel_text", source_dir=str(corpus), split="test")
+  result = commands.evaluate(config, workdir)
+  assert result["sentences"] == 3 and result["split"] == "test"
+  config.eval.split = "validation"
+  with pytest.raises(ValueError, match="config.eval.split: parallel_text has no split "
+                                       "'validation'; it has test"):
+    commands.evaluate(config, workdir)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import select
 import sys
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import jax
 import matplotlib
@@ -95,7 +96,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
         config.eval.source_file)
   else:
     name = config.eval.split or trained.data.test_split
+    if config.eval.get("dataset"):  # e.g. trained on wmt17_translate, tested on wmt14's
+      trained.data.update(dataset=config.eval.dataset,
+                          source_dir=config.eval.get("source_dir") or trained.data.source_dir)
     builder = datasets.prepare(trained.data)
+    if name not in builder.info.splits:
+      raise ValueError(f"config.eval.split: {trained.data.dataset} has no split '{name}'; it "
+                       f"has {', '.join(builder.info.splits)}")
     evaluation_set = inputs.eval_set(builder, trained, loaded.tokenizer, name)
   hypotheses, _ = evaluation.translate_eval_set(loaded.model, loaded.params, evaluation_set,
                                                 loaded.tokenizer, inference.DecodeOptions.from_config(trained.decode),
@@ -146,10 +153,15 @@ def read_lines(path: str) -> Iterator[str]:
 
 def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
               output: TextIO, directory: str | None = None) -> int:
-  """Translates `input_path` line by line into `output`, in order; returns the line count.
+  """Translates `input_path` (a file or '-' for stdin) into `output`, streaming, in order.
 
-  Empty lines stay empty; lines longer than the model's limit are truncated with a warning; with
-  `config.eval.nbest` > 1 each input gives n lines `index<TAB>score<TAB>translation`.
+  Lines are read as they come and translated in batches of what is available (at most
+  `config.data.eval_batch_size`, fewer when stdin has nothing more yet, as fairseq-interactive
+  does); each batch is written and flushed before the next is read, so large files are never
+  held in memory. Empty lines stay empty; lines longer than the model's limit are truncated with
+  a warning. With `config.eval.nbest` > 1 each input gives n lines
+  `index<TAB>score<TAB>translation<TAB>positional scores` (log P of each token, EOS included).
+  Returns the line count.
   """
   loaded = load(config, directory or checkpoint_dir(workdir))
   options = inference.DecodeOptions.from_config(loaded.config.decode)
@@ -157,34 +169,63 @@ def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
   if nbest > options.num_beams:
     raise ValueError(f"config.eval.nbest ({nbest}) must not exceed the number of beams "
                      f"({options.num_beams})")
-  lines = list(read_lines(input_path))
   max_source = loaded.config.model.max_len - options.extra_length
   batch_size = loaded.config.data.eval_batch_size
-  encoded = loaded.tokenizer.encode(lines)
-  for number, ids in enumerate(encoded, start=1):
-    if len(ids) > max_source:
-      print(f"warning: line {number} has {len(ids)} tokens; truncated to {max_source}",
-            file=sys.stderr)
-      encoded[number - 1] = ids[:max_source - 1] + [EOS_ID]
-  for start in range(0, len(lines), batch_size):
-    chunk = encoded[start:start + batch_size]
-    width = pipeline.bucket_length(max(len(ids) for ids in chunk), max_source)
+  count = 0
+  for number, lines in enumerate(line_batches(read_lines(input_path), batch_size,
+                                              input_available(input_path))):
+    encoded = [_truncated(ids, max_source, count + row + 1)
+               for row, ids in enumerate(loaded.tokenizer.encode(lines))]
+    width = pipeline.bucket_length(max(len(ids) for ids in encoded), max_source)
     batch = np.zeros((batch_size, width), np.int32)
-    for row, ids in enumerate(chunk):
+    for row, ids in enumerate(encoded):
       batch[row, :len(ids)] = ids
     inputs_array = sharding.global_batch({"inputs": batch}, loaded.mesh)["inputs"]
-    ids, scores = jax.device_get(inference.translate_ids(loaded.model, loaded.params,
-                                                         inputs_array, options))
-    for row in range(len(chunk)):
-      empty = not lines[start + row].strip()
+    ids, scores = inference.translate_ids(loaded.model, loaded.params, inputs_array, options,
+                                          options.batch_rng(number))
+    positional = inference.token_logprobs(loaded.model, loaded.params, inputs_array, ids) \
+        if nbest > 1 else None
+    ids, scores, positional = jax.device_get((ids, scores, positional))
+    for row, line in enumerate(lines):
+      empty = not line.strip()
       if nbest == 1:
         output.write(("" if empty else loaded.tokenizer.decode(ids[row, 0])) + "\n")
         continue
       for k in range(nbest):
         text = "" if empty else loaded.tokenizer.decode(ids[row, k])
-        output.write(f"{start + row}\t{scores[row, k]:.4f}\t{text}\n")
-  output.flush()
-  return len(lines)
+        tokens = " ".join(f"{p:.4f}" for p in positional[row, k][ids[row, k] > 0])
+        output.write(f"{count + row}\t{scores[row, k]:.4f}\t{text}\t{tokens}\n")
+    output.flush()
+    count += len(lines)
+  return count
+
+
+def _truncated(ids: list[int], max_source: int, line_number: int) -> list[int]:
+  if len(ids) <= max_source:
+    return ids
+  print(f"warning: line {line_number} has {len(ids)} tokens; truncated to {max_source}",
+        file=sys.stderr)
+  return ids[:max_source - 1] + [EOS_ID]
+
+
+def input_available(path: str) -> Callable[[], bool]:
+  """Whether more input can be read without waiting (always, for a file)."""
+  if path != "-":
+    return lambda: True
+  return lambda: bool(select.select([sys.stdin], [], [], 0)[0])
+
+
+def line_batches(lines: Iterator[str], batch_size: int, available: Callable[[], bool]
+                 ) -> Iterator[list[str]]:
+  """Groups of at most `batch_size` lines; a group ends early when no more input is waiting."""
+  chunk: list[str] = []
+  for line in lines:
+    chunk.append(line)
+    if len(chunk) == batch_size or not available():
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
 
 
 def average(config: ml_collections.ConfigDict, workdir: str) -> str:

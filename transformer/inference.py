@@ -127,3 +127,16 @@ def translate_ids(model: Transformer, params: Any, inputs: jnp.ndarray, options:
                         temperature=temperature, top_k=options.top_k, top_p=options.top_p,
                         no_repeat_ngram_size=options.no_repeat_ngram_size, rng=rng)
   return ids[:, None, :], jnp.zeros((inputs.shape[0], 1))
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def token_logprobs(model: Transformer, params: Any, inputs: jnp.ndarray, ids: jnp.ndarray
+                   ) -> jnp.ndarray:
+  """log P(token | source, prefix) of every output token `[B, K, L]` (0 after EOS), by one
+  teacher-forced pass: fairseq's positional scores. Their sum is the hypothesis' log P."""
+  batch, beams, length = ids.shape
+  flat = ids.reshape(batch * beams, length)
+  logits = model.apply({"params": params}, jnp.repeat(inputs, beams, axis=0), flat)
+  logprobs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  picked = jnp.take_along_axis(logprobs, flat[..., None], axis=-1)[..., 0]
+  return jnp.where(flat > 0, picked, 0.0).reshape(batch, beams, length)

@@ -115,6 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict(dict(
       split="",  # --mode=evaluate: a dataset split ('' = config.data.test_split)
+      dataset="",  # --mode=evaluate on another dataset ('' = config.data.dataset), e.g. train on
+      source_dir="",  # wmt17_translate/de-en, test on wmt14_translate/de-en's newstest2014
       source_file="",  # ...or a pair of line-aligned files instead of a split
       reference_file="",
       # sacrebleu (detokenized, 13a/zh) | paper (Moses-tokenized, compounds split, as the paper)
