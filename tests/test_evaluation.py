@@ -95,6 +95,8 @@ def test_output_names_keep_checkpoints_and_decodings_apart():
   assert commands.output_stem("test", "w/averaged", 9, decode) == "test.averaged.step9.beam4"
   decode.method = "greedy"
   assert commands.output_stem("test", "w/checkpoints", 9, decode) == "test.step9.greedy"
+  assert commands.output_stem("test", "w/averaged", 9, decode, "multi30k") == \
+      "test.averaged.step9.greedy.multi30k"
 
 
 def test_evaluate_a_file_pair(trained, tmp_path):

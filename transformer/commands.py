@@ -113,19 +113,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
                 decode=dict(config.decode))
   output_dir = os.path.join(workdir, "eval")
   tf.io.gfile.makedirs(output_dir)
-  stem = os.path.join(output_dir, output_stem(name, directory, loaded.step, config.decode))
+  stem = os.path.join(output_dir, output_stem(name, directory, loaded.step, config.decode,
+                                              config.eval.bleu_style))
   write_atomically(f"{stem}.hyp.txt", "".join(h + "\n" for h in hypotheses))
   write_atomically(f"{stem}.json", json.dumps(result, indent=2) + "\n")
   return result
 
 
-def output_stem(split: str, directory: str, step: int, decode: ml_collections.ConfigDict) -> str:
-  """`SPLIT[.CHECKPOINTS].stepN.DECODING`: evaluations of averaged checkpoints or with another
-  decoding method do not overwrite each other (CHECKPOINTS is left out for `checkpoints/`)."""
+def output_stem(split: str, directory: str, step: int, decode: ml_collections.ConfigDict,
+                style: str = "sacrebleu") -> str:
+  """`SPLIT[.CHECKPOINTS].stepN.DECODING[.STYLE]`: evaluations of averaged checkpoints, with
+  another decoding method or another BLEU style do not overwrite each other (CHECKPOINTS is
+  left out for `checkpoints/`, STYLE for sacrebleu)."""
   source = os.path.basename(os.path.normpath(directory))
   tag = "" if source == "checkpoints" else f".{source}"
   method = f"beam{decode.beam_size}" if decode.method == "beam" else decode.method
-  return f"{split}{tag}.step{step}.{method}"
+  return f"{split}{tag}.step{step}.{method}{'' if style == 'sacrebleu' else '.' + style}"
 
 
 def write_atomically(path: str, text: str) -> None:
