@@ -5,6 +5,7 @@ Intentionally short, and the only module that reads flags; everything else takes
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (Orbax, tfds) drown the progress
+    logging.get_absl_handler().addFilter(_drop_routine_library_warnings)
   try:
     if _TOPOLOGY.value:
       if _MODE.value != "compile":
@@ -113,6 +115,11 @@ def translate_to_output(config, workdir: str) -> None:
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)
+
+
+def _drop_routine_library_warnings(record: pylogging.LogRecord) -> bool:
+  """tfds warns on every load of a dataset with a builder config (all of ours): not news."""
+  return not record.getMessage().startswith("Using custom data configuration")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
