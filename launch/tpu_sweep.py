@@ -1,4 +1,4 @@
-"""A sweep on Cloud TPU VMs: `python -m launch.tpu sweep --sweep=... --num_vms=N --workdir=gs://...`.
+"""A sweep on Cloud TPU VMs: `python -m launch.tpu sweep --sweep=... --num_vms=N --workdir=gs://`.
 
 The local sweep runner (`experiments/sweep.py`) decides what runs, retries failures and records
 results; here each point runs on a free VM until its trainer exits. A VM preempted under a point

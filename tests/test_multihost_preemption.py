@@ -1,6 +1,5 @@
 """Preemption of a two-process run: SIGTERM reaches one host only, both stop at the same step."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,6 +9,8 @@ import time
 import numpy as np
 
 from transformer import checkpointing
+
+from test_training import logged_losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,27 +37,17 @@ def finish(processes):
   return outputs
 
 
-def losses(workdir):
-  result = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as handle:
-    for line in handle:
-      record = json.loads(line)
-      if "loss" in record:
-        result[record["step"]] = record["loss"]
-  return result
-
-
 def test_sigterm_on_one_host_stops_both_at_the_same_step_and_resumes_exactly(tmp_path):
   port = 21000 + os.getpid() % 9000
   data_dir = tmp_path / "tfds"
   finish(start(tmp_path / "reference", data_dir, port, 20))
-  expected = losses(tmp_path / "reference")
+  expected = logged_losses(tmp_path / "reference")
 
   workdir = tmp_path / "preempted"
   processes = start(workdir, data_dir, port + 1, 100_000)
   deadline = time.time() + 240
   while time.time() < deadline:
-    if os.path.exists(workdir / "metrics.jsonl") and max(losses(workdir), default=0) >= 4:
+    if os.path.exists(workdir / "metrics.jsonl") and max(logged_losses(workdir), default=0) >= 4:
       break
     time.sleep(0.05)
   processes[1].send_signal(signal.SIGTERM)  # one host only: the other learns it from the gather
@@ -69,7 +60,7 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_and_resumes_exactly(tmp
   assert os.path.isdir(workdir / "checkpoints" / str(saved[0]) / "data_iterator")
 
   finish(start(workdir, data_dir, port + 2, 20))
-  got = losses(workdir)
+  got = logged_losses(workdir)
   assert sorted(got) == sorted(expected)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
                              rtol=1e-6)

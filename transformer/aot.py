@@ -255,7 +255,8 @@ def format_report(report: dict[str, Any]) -> str:
         ("fits)" if report["fits"] else "DOES NOT FIT)")
     lines += [
         f"{'step time':28s}{train['modeled_step_seconds'] * 1e3:>13.2f} ms"
-        f"{decode['modeled_step_seconds'] * 1e3:>13.2f} ms   ({train['modeled_step_seconds_source']})",
+        f"{decode['modeled_step_seconds'] * 1e3:>13.2f} ms   "
+        f"({train['modeled_step_seconds_source']})",
         f"modeled: {report['modeled_tokens_per_second']:,.0f} tokens/s, MFU "
         f"{report['modeled_mfu']:.1%}; {report['num_steps']:,d} steps in "
         f"{report['modeled_train_hours']:.1f} h = ${report['modeled_cost_usd_on_demand']:,.0f} "
