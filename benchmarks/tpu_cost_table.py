@@ -7,6 +7,10 @@ with its decode step and becomes the table's row. Every figure is XLA's TPU cost
 measurement. Resumable: finished compilations are read back from the output directory.
 
     python benchmarks/tpu_cost_table.py [--slices v4-8,v4-32,v5litepod-8,v5p-8] [--models base,big]
+        [--layouts dp,fsdp,dp+remat]
+
+Two processes with different --slices share the work on two cores; a last run with no flags
+reads every compilation back and writes the whole table.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from transformer import aot  # noqa: E402
 
 aot.prepare_off_tpu_compilation()
+# The winner's train step is compiled again with its decode step: the second time from the cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join("runs", "tpu_compile_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
@@ -74,10 +81,10 @@ def cached(path: str, compute) -> dict:
   return result
 
 
-def best_layout(model: str, accelerator: str) -> tuple:
+def best_layout(model: str, accelerator: str, layouts: tuple) -> tuple:
   """The fitting layout with the highest modeled MFU."""
   scored = []
-  for layout in LAYOUTS:
+  for layout in layouts:
     path = os.path.join(OUTPUT, f"{model}_{accelerator}_{layout[0]}.train.json")
     result = cached(path, lambda: train_only(configured(model, layout), accelerator))
     print(f"  {model} {accelerator} {layout[0]:9s} fits={result['train']['fits']} "
@@ -108,12 +115,15 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--slices", default="v4-8,v4-32,v5litepod-8,v5p-8")
   parser.add_argument("--models", default="base,big")
+  parser.add_argument("--layouts", default=",".join(name for name, _, _ in LAYOUTS),
+                      help="candidate layouts to compile (names from LAYOUTS)")
   args = parser.parse_args()
+  layouts = tuple(layout for layout in LAYOUTS if layout[0] in args.layouts.split(","))
   os.makedirs(OUTPUT, exist_ok=True)
   rows = []
   for model in args.models.split(","):
     for accelerator in args.slices.split(","):
-      layout = best_layout(model, accelerator)
+      layout = best_layout(model, accelerator, layouts)
       path = os.path.join(OUTPUT, f"{model}_{accelerator}.json")
       report = cached(path, lambda: aot.compile_report(configured(model, layout), accelerator))
       rows.append({**report, "model": model, "layout": layout[0]})

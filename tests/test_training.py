@@ -317,6 +317,13 @@ def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_p
   iterator = run.dataset_iterator.TfDatasetIterator(
       run.inputs.train_dataset(builder, config, tokenizer), checkpoint=True)
   state, metadata = checkpointing.restore(manager, 10, setup.abstract_state, iterator)
+  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                        text=True).stdout.strip()
+  recorded = metadata["provenance"]  # every checkpoint says where it came from
+  assert recorded["commit"] == head and recorded["dirty"] in (True, False)
+  assert recorded["versions"]["jax"] == jax.__version__ and recorded["seed"] == config.seed
+  assert recorded["device_kind"] == "cpu" and recorded["device_count"] == 1
+  assert json.loads((tmp_path / "provenance.json").read_text())["commit"] == head
   state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
   checkpointing.save(manager, 11, state, iterator, metadata, force=True)
   manager.wait_until_finished()
