@@ -32,12 +32,13 @@ class Chip:
   spot_usd_per_chip_hour: float
 
 
-# Specifications: Cloud TPU system architecture pages (v4, v5e, v5p, v6e). Prices: Cloud TPU
-# pricing page (cloud.google.com/tpu/pricing), us-central regions, list prices per chip-hour as
-# recorded on PRICES_DATE. Spot prices are dynamic (they may change daily): check before you buy.
+# Specifications: Cloud TPU system architecture pages (v4, v5e, v5p, v6e). Prices: Google's
+# published us-central on-demand rates per chip-hour (cloud.google.com/tpu/pricing); spot rates
+# are approximate and move (they may change daily). Recorded on PRICES_DATE from the published
+# list, not re-read from the live page (this machine has no internet): check before you buy.
 PRICES_DATE = "2026-11-25"
-PRICES_SOURCE = ("Cloud TPU pricing page, us-central regions, per chip-hour list prices as "
-                 f"recorded on {PRICES_DATE}; spot prices move, check cloud.google.com/tpu/pricing")
+PRICES_SOURCE = (f"Cloud TPU list prices per chip-hour, us-central, as recorded {PRICES_DATE} "
+                 "(not re-checked live; spot approximate): verify at cloud.google.com/tpu/pricing")
 CHIPS: dict[str, Chip] = {
     "v4": Chip("v4", "v4", 275e12, 32 * GIB, 1228e9, True, 2, 4, 4, "tpu-ubuntu2204-base",
                3.22, 0.97),
