@@ -117,9 +117,14 @@ def translate_to_output(config, workdir: str) -> None:
       os.remove(temporary)
 
 
+_ROUTINE_WARNINGS = ("Using custom data configuration",  # tfds, on every load of our builders
+                     "CheckpointManagerOptions.read_only=True",  # Orbax, reading checkpoints
+                     "Given directory is read only")
+
+
 def _drop_routine_library_warnings(record: pylogging.LogRecord) -> bool:
-  """tfds warns on every load of a dataset with a builder config (all of ours): not news."""
-  return not record.getMessage().startswith("Using custom data configuration")
+  """Warnings libraries print on every ordinary load: not news to a user."""
+  return not record.getMessage().startswith(_ROUTINE_WARNINGS)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
