@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
 from experiments.configs import wmt14_base, wmt14_big  # noqa: E402
-from transformer import run, tpu_slices  # noqa: E402
+from transformer import flops, run, tpu_slices  # noqa: E402
 
 MODELS = {"base": wmt14_base.get_config, "big": wmt14_big.get_config}
 # (name, mesh, remat): pure data parallelism; parameters and Adam state sharded over every chip
@@ -61,9 +61,9 @@ def train_only(config: ml_collections.ConfigDict, accelerator: str) -> dict:
   step = aot._compile_or_oom(aot.compile_train_step, setup, config, slice_.chip)
   result = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "train": step}
   if step["fits"]:
-    model_flops = run.model_flops_per_step(setup, config)
-    result["modeled_mfu"] = model_flops / step["modeled_step_seconds"] / (
-        slice_.chips * slice_.chip.peak_bf16_flops)
+    result["modeled_mfu"] = flops.mfu(run.model_flops_per_step(setup, config), 1,
+                                      step["modeled_step_seconds"],
+                                      slice_.chips * slice_.chip.peak_bf16_flops)
   return result
 
 
