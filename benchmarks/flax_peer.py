@@ -1,0 +1,98 @@
+"""A plain Flax Linen encoder-decoder, the second peer of `train_speed.py`.
+
+Written the way a Flax user would write it from the framework's own parts and defaults:
+`nn.Embed` (shared, also the output layer), `nn.MultiHeadDotProductAttention`, `nn.Dense`,
+`nn.LayerNorm`, `nn.Dropout` (threefry keys), `optax.adam` and optax's smoothed cross entropy.
+No packing: padding-free rows, a causal mask only in decoder self-attention, no segment ids or
+positions, no metrics beyond the loss. Same sizes and math as our model (post-LN, ReLU,
+sinusoidal positions, embeddings scaled by sqrt(d_model)), so the same XLA compiles both.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def sinusoids(length: int, d_model: int) -> np.ndarray:
+  """`[length, d_model]` sines at even and cosines at odd features (Sec. 3.5)."""
+  angles = np.arange(length)[:, None] / 10000 ** (np.arange(0, d_model, 2) / d_model)
+  return np.stack([np.sin(angles), np.cos(angles)], -1).reshape(length, d_model)
+
+
+class Block(nn.Module):
+  """Post-LN layer: self-attention, optional cross-attention, feed-forward."""
+
+  heads: int
+  d_ff: int
+  dropout: float
+  cross: bool
+
+  @nn.compact
+  def __call__(self, x, memory, mask, train: bool):
+    drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
+    d_model = x.shape[-1]
+    x = nn.LayerNorm()(x + drop(nn.MultiHeadDotProductAttention(self.heads)(x, x, mask=mask)))
+    if self.cross:
+      x = nn.LayerNorm()(x + drop(nn.MultiHeadDotProductAttention(self.heads)(x, memory)))
+    hidden = nn.relu(nn.Dense(self.d_ff)(x))
+    return nn.LayerNorm()(x + drop(nn.Dense(d_model)(hidden)))
+
+
+class PlainTransformer(nn.Module):
+  """Encoder-decoder with a shared embedding; returns logits `[B, T, V]`."""
+
+  vocab: int
+  d_model: int
+  heads: int
+  d_ff: int
+  layers: int
+  dropout: float = 0.1
+
+  @nn.compact
+  def __call__(self, source, decoder_input, train: bool = True):
+    embed = nn.Embed(self.vocab, self.d_model)
+    positions = jnp.asarray(sinusoids(source.shape[1], self.d_model), jnp.float32)
+
+    def embedded(ids):
+      y = embed(ids) * np.sqrt(self.d_model) + positions[:ids.shape[1]]
+      return nn.Dropout(self.dropout)(y, deterministic=not train)
+
+    memory = embedded(source)
+    for _ in range(self.layers):
+      memory = Block(self.heads, self.d_ff, self.dropout, False)(memory, None, None, train)
+    y = embedded(decoder_input)
+    causal = nn.make_causal_mask(decoder_input)
+    for _ in range(self.layers):
+      y = Block(self.heads, self.d_ff, self.dropout, True)(y, memory, causal, train)
+    return embed.attend(y)
+
+
+def make_step(vocab: int, d_model: int, heads: int, d_ff: int, layers: int, source: np.ndarray,
+              target: np.ndarray) -> tuple[Callable, tuple]:
+  """(jitted step, initial (params, opt_state, key)) for the plain Flax model on one batch."""
+  model = PlainTransformer(vocab, d_model, heads, d_ff, layers)
+  shift = lambda target: jnp.pad(target, ((0, 0), (1, 0)))[:, :-1]
+  params = model.init(jax.random.PRNGKey(0), source, shift(target), train=False)["params"]
+  optimizer = optax.adam(1e-4, b1=0.9, b2=0.98, eps=1e-9)
+
+  def step(params, opt_state, key, source, target):
+    key, dropout_key = jax.random.split(key)
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, source, shift(target),
+                           rngs={"dropout": dropout_key})
+      labels = optax.smooth_labels(jax.nn.one_hot(target, vocab), 0.1)
+      return optax.softmax_cross_entropy(logits, labels).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, key, loss
+
+  return jax.jit(step, donate_argnums=(0, 1, 2)), (params, optimizer.init(params),
+                                                   jax.random.PRNGKey(1))

@@ -1,0 +1,175 @@
+"""Levers on our train step, each timed against the step as it is, in interleaved rounds.
+
+    python benchmarks/step_levers.py [--size base] [--shape 16x32] [--steps 3] [--rounds 3]
+
+Every variant is the project's train step (`training.train_step`'s math) with one thing changed:
+the dropout PRNG, the optimizer (optax's adam without the zero weight decay; one hand-fused
+tree_map Adam), the metrics computed in the step, the label-smoothed loss through a one-hot of
+the vocabulary (the old formulation), accuracy through `argmax` (the old formulation), batches
+without segment ids (padding masks only), sinusoids from a precomputed table. Prints the median
+time per step, the spread of the rounds and the speed-up against the current step; writes
+`results/step_levers_SIZE_SHAPE.json`. XLA flags are separate processes: run this script under
+`XLA_FLAGS=...` and compare the printed "current" rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import train_speed  # noqa: E402
+from transformer import layers, losses, training  # noqa: E402
+
+
+def fused_adam(schedule: optax.Schedule, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9
+               ) -> optax.GradientTransformation:
+  """Adam as one function per parameter (moments and update in a single tree_map)."""
+
+  def init(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return jnp.zeros([], jnp.int32), zeros(), zeros()
+
+  def update(grads, state, params=None):
+    count, mu, nu = state
+    step = (count + 1).astype(jnp.float32)
+    rate = schedule(count)
+
+    def leaf(g, m, v):
+      m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+      return -rate * (m / (1 - b1**step)) / (jnp.sqrt(v / (1 - b2**step)) + eps), m, v
+
+    out = jax.tree.map(leaf, grads, mu, nu)
+    part = lambda i: jax.tree.map(lambda t: t[i], out, is_leaf=lambda t: isinstance(t, tuple))
+    return part(0), (count + 1, part(1), part(2))
+
+  return optax.GradientTransformation(init, update)
+
+
+def one_hot_loss(logits, targets, weights, label_smoothing):
+  """The previous formulation: smoothed one-hot targets times the log-softmax."""
+  vocab = logits.shape[-1]
+  confidence, low = 1.0 - label_smoothing, label_smoothing / (vocab - 1)
+  soft = jax.nn.one_hot(targets, vocab) * (confidence - low) + low
+  entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
+  loss = -jnp.sum(soft * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1) - entropy
+  return jnp.sum(loss * weights), jnp.sum(weights)
+
+
+def argmax_accuracy(logits, targets, weights):
+  """The previous formulation of the accuracy."""
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return jnp.sum(correct * weights), jnp.sum(weights)
+
+
+def table_sinusoids(positions, d_model):
+  """Sinusoids gathered from a precomputed `[512, d_model]` table."""
+  angles = np.arange(512)[:, None] / 10000 ** (np.arange(0, d_model, 2) / d_model)
+  table = np.stack([np.sin(angles), np.cos(angles)], -1).reshape(512, d_model)
+  return jnp.take(jnp.asarray(table, jnp.float32), positions, axis=0)
+
+
+def variant(size: str, shape: tuple[int, int], prng_impl: str = "threefry2x32",
+            optimizer: str = "project", metrics: bool = True, segments: bool = True,
+            loss: Callable = losses.label_smoothed_cross_entropy,
+            accuracy: Callable = losses.accuracy,
+            sinusoids: Callable = layers.sinusoidal_encoding) -> Callable[[int], float]:
+  """A compiled step with the given changes -> (k -> seconds for k steps)."""
+  _, setup, state, batch = train_speed.jax_setup(size, prng_impl, *shape)
+  chosen = {"project": setup.optimizer,
+            "optax.adam": optax.adam(setup.schedule, b1=0.9, b2=0.98, eps=1e-9),
+            "fused": fused_adam(setup.schedule)}[optimizer]
+  state = state.replace(opt_state=chosen.init(state.params))
+  if not segments:
+    batch = {k: v for k, v in batch.items() if k in ("inputs", "targets")}
+
+  def step(state, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=prng_impl), state.step)
+    weights = training.target_weights(batch)
+
+    def loss_fn(params):
+      logits = training._logits(params, batch, setup.model, key)
+      loss_sum, weight_sum = loss(logits, batch["targets"], weights, 0.1)
+      return loss_sum / jnp.maximum(weight_sum, 1.0), (logits, loss_sum)
+
+    (_, (logits, loss_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = chosen.update(grads, state.opt_state, state.params)
+    out = {"loss_sum": loss_sum}
+    if metrics:
+      out.update(correct=accuracy(logits, batch["targets"], weights)[0],
+                 grad_norm=optax.global_norm(grads))
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state), out
+
+  original = layers.sinusoidal_encoding
+  layers.sinusoidal_encoding = sinusoids  # read while tracing only
+  try:
+    compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+  finally:
+    layers.sinusoidal_encoding = original
+  holder = {"state": state}
+
+  def steps(k: int) -> float:
+    start = time.perf_counter()
+    for _ in range(k):
+      holder["state"], out = compiled(holder["state"], batch)
+    out["loss_sum"].block_until_ready()
+    return time.perf_counter() - start
+
+  steps(1)
+  return steps
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "current": {},
+    "rbg dropout PRNG": {"prng_impl": "rbg"},
+    "optax.adam (no zero weight decay)": {"optimizer": "optax.adam"},
+    "one fused tree_map Adam": {"optimizer": "fused"},
+    "no metrics in the step": {"metrics": False},
+    "loss through a one-hot (old)": {"loss": one_hot_loss},
+    "accuracy through argmax (old)": {"accuracy": argmax_accuracy},
+    "no segment ids (padding masks only)": {"segments": False},
+    "sinusoids from a table": {"sinusoids": table_sinusoids},
+}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--size", default="base", choices=sorted(train_speed.SIZES))
+  parser.add_argument("--shape", default="16x32", choices=sorted(train_speed.SHAPES))
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--rounds", type=int, default=3)
+  args = parser.parse_args()
+  shape = train_speed.SHAPES[args.shape]
+  runners = {name: variant(args.size, shape, **changes) for name, changes in VARIANTS.items()}
+  times: dict[str, list[float]] = {name: [] for name in runners}
+  for _ in range(args.rounds):  # interleaved: machine noise hits every variant
+    for name, runner in runners.items():
+      times[name].append(runner(args.steps) / args.steps)
+  current = float(np.median(times["current"]))
+  rows = {name: {"ms": 1e3 * float(np.median(t)), "spread_ms": [1e3 * min(t), 1e3 * max(t)],
+                 "speedup": current / float(np.median(t))} for name, t in times.items()}
+  os.makedirs(train_speed.RESULTS, exist_ok=True)
+  path = os.path.join(train_speed.RESULTS, f"step_levers_{args.size}_{args.shape}.json")
+  with open(path, "w") as handle:
+    json.dump({"size": args.size, "shape": args.shape, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+               "variants": rows}, handle, indent=2)
+  print(f"| {args.size} {args.shape} | ms per step (spread) | speed-up vs current |")
+  print("|---|---|---|")
+  for name, row in rows.items():
+    print(f"| {name} | {row['ms']:.1f} ({row['spread_ms'][0]:.0f}-{row['spread_ms'][1]:.0f}) | "
+          f"{row['speedup']:.3f}x |")
+
+
+if __name__ == "__main__":
+  main()
