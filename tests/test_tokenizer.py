@@ -48,3 +48,26 @@ def test_trained_once_then_reused(tmp_path):
 def test_bad_model_type():
   with pytest.raises(ValueError, match="config.tokenizer.model_type must be one of unigram, bpe"):
     tokenizer_lib.train(["a"], 10, model_type="wordpiece")
+
+
+def test_single_han_characters_are_their_own_pieces_beside_english_subwords():
+  with open(SHARED_DATA / "tatoeba_cmn_eng" / "tatoeba.zh", encoding="utf-8") as handle:
+    chinese = [line.strip() for line in itertools.islice(handle, 0, 29000, 10)]
+  with open(SHARED_DATA / "tatoeba_cmn_eng" / "tatoeba.en", encoding="utf-8") as handle:
+    english = [line.strip() for line in itertools.islice(handle, 0, 29000, 10)]
+  kwargs = dict(vocab_size=4000, character_coverage=1.0, normalization="identity")
+  merged = tokenizer_lib.train(chinese + english, **kwargs)
+  single = tokenizer_lib.train(chinese + english, han_characters="single", **kwargs)
+
+  def han_pieces(tokenizer):
+    pieces = [p.lstrip("▁") for ids in tokenizer.encode(chinese[:300])
+              for p in tokenizer.pieces(ids)]
+    return [p for p in pieces if any(tokenizer_lib.is_han(c) for c in p)]
+
+  assert max(len(p) for p in han_pieces(merged)) > 1  # SentencePiece's own Chinese phrases
+  assert {len(p) for p in han_pieces(single)} == {1}  # one piece per character
+  words = [w for ids in single.encode(english[:300]) for w in single.pieces(ids)]
+  assert any(len(w) > 3 for w in words)  # English keeps multi-character subwords
+  assert [single.decode(ids) for ids in single.encode(chinese[:300])] == chinese[:300]
+  with pytest.raises(ValueError, match="han_characters must be one of merge, single"):
+    tokenizer_lib.train(english, vocab_size=100, han_characters="chars")

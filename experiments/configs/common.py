@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
       character_coverage=1.0,  # 0.9995 for Chinese/Japanese
       byte_fallback=False,  # unknown characters as UTF-8 bytes (needs vocab_size >= 259)
       normalization="nmt_nfkc",  # SentencePiece rule; identity keeps full-width punctuation
+      han_characters="merge",  # merge: multi-character Chinese pieces | single: one per character
   ))
 
   config.train = ml_collections.ConfigDict(dict(

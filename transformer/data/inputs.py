@@ -32,7 +32,8 @@ def get_tokenizer(builder: tfds.core.DatasetBuilder, config: ml_collections.Conf
       vocab_size=config.tokenizer.vocab_size, model_type=config.tokenizer.model_type,
       character_coverage=config.tokenizer.character_coverage,
       byte_fallback=config.tokenizer.byte_fallback,
-      normalization=config.tokenizer.normalization)
+      normalization=config.tokenizer.normalization,
+      han_characters=config.tokenizer.han_characters)
 
 
 def train_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,

@@ -5,6 +5,7 @@ Ids: 0 padding (also the decoder's start symbol), 1 end of sentence, 2 unknown.
 
 from __future__ import annotations
 
+import collections
 import io
 import itertools
 import os
@@ -78,20 +79,46 @@ class Tokenizer:
     return tf.RaggedTensor.from_row_lengths(values, lengths)
 
 
+HAN_MODES = ("merge", "single")
+
+
+def is_han(character: str) -> bool:
+  """CJK unified ideographs (with extension A and the compatibility block)."""
+  return ("\u4e00" <= character <= "\u9fff" or "\u3400" <= character <= "\u4dbf"
+          or "\uf900" <= character <= "\ufaff")
+
+
+def frequent_han_characters(texts: Sequence[str], limit: int) -> list[str]:
+  """The Han characters in `texts`, most frequent first, at most `limit`."""
+  counts = collections.Counter(c for text in texts for c in text if is_han(c))
+  return [c for c, _ in counts.most_common(limit)]
+
+
 def train(texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
           character_coverage: float = 1.0, byte_fallback: bool = False,
-          normalization: str = "nmt_nfkc") -> Tokenizer:
+          normalization: str = "nmt_nfkc", han_characters: str = "merge") -> Tokenizer:
   """Trains a SentencePiece model on `texts` (the caller caps the sample).
 
   `normalization` is SentencePiece's rule: `nmt_nfkc` (default; folds e.g. full-width
   punctuation to ASCII) or `identity` (exact round trips, e.g. for Chinese references).
+  `han_characters`: `merge` lets SentencePiece learn multi-character Chinese pieces (as for any
+  script without spaces, e.g. `▁我不知道他`); `single` makes every Han character of the sample
+  its own piece (SentencePiece's user-defined symbols are never merged), i.e. character-level
+  Chinese beside subword English; at most half the vocabulary, the most frequent first.
   """
   if model_type not in ("unigram", "bpe"):
     raise ValueError(f"config.tokenizer.model_type must be one of unigram, bpe; got "
                      f"{model_type!r}")
+  if han_characters not in HAN_MODES:
+    raise ValueError(f"config.tokenizer.han_characters must be one of {', '.join(HAN_MODES)}; "
+                     f"got {han_characters!r}")
+  texts = list(texts)
+  symbols = (frequent_han_characters(texts, vocab_size // 2) if han_characters == "single"
+             else [])
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+      user_defined_symbols=symbols,
       model_type=model_type, character_coverage=character_coverage,
       byte_fallback=byte_fallback, normalization_rule_name=normalization, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
       hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2)
@@ -100,13 +127,13 @@ def train(texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
 
 def load_or_train(workdir: str, texts: Iterable[str], vocab_size: int, model_type: str,
                   character_coverage: float, byte_fallback: bool = False,
-                  normalization: str = "nmt_nfkc") -> Tokenizer:
+                  normalization: str = "nmt_nfkc", han_characters: str = "merge") -> Tokenizer:
   """The workdir's tokenizer if there is one, else a new one trained on `texts` and saved there."""
   path = os.path.join(workdir, MODEL_FILE)
   if tf.io.gfile.exists(path):
     return Tokenizer.load(path)
   tokenizer = train(texts, vocab_size, model_type, character_coverage, byte_fallback,
-                    normalization)
+                    normalization, han_characters)
   tf.io.gfile.makedirs(workdir)
   tokenizer.save(path)
   return tokenizer
