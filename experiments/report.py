@@ -29,12 +29,19 @@ COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff",
 
 
 def read_results(root: str) -> list[dict[str, Any]]:
-  """The rows of `results.jsonl`, the last one per point winning."""
+  """The rows of `results.jsonl`, the last one per point winning.
+
+  A row with a `final_eval` (the sweep's finish commands: averaged checkpoints decoded on the
+  whole validation split) reports that BLEU; the BLEU measured during training stays as
+  `training_bleu`.
+  """
   rows: dict[str, dict[str, Any]] = {}
   with tf.io.gfile.GFile(os.path.join(root, "results.jsonl")) as handle:
     for line in handle:
       if line.strip():
         row = json.loads(line)
+        if (row.get("final_eval") or {}).get("bleu") is not None:
+          row = {**row, "training_bleu": row.get("eval_bleu"), "eval_bleu": row["final_eval"]["bleu"]}
         rows[row["point"]] = row
   return list(rows.values())
 
@@ -54,6 +61,18 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
       row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
     folded.append(row)
   return folded
+
+
+def points_needing_seeds(rows: list[dict[str, Any]], factor: float = 2.0) -> list[str]:
+  """Single-seed points whose BLEU is within `factor` x base's seed spread of base: their
+  difference cannot be called without more seeds (needs base run with >= 2 seeds)."""
+  folded = aggregate(rows)
+  base = next((r for r in folded if r["point"] == "base"), None)
+  if base is None or not base.get("eval_bleu_std"):
+    return []
+  return [row["point"] for row in folded
+          if row is not base and row["seeds"] == 1 and row.get("eval_bleu") is not None
+          and abs(row["eval_bleu"] - base["eval_bleu"]) < factor * base["eval_bleu_std"]]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -164,8 +183,16 @@ def write_report(root: str, output: str | None = None) -> str:
   plot_bleu_vs_params(rows, os.path.join(output, "bleu_vs_params.png"))
   plot_curves(root, rows, os.path.join(output, "validation_curves.png"))
   path = os.path.join(output, "report.md")
+  averaged = any(row.get("final_eval") for row in rows)
+  notes = ["BLEU (dev): " + ("the averaged checkpoint decoded on the whole validation split "
+                             "(beam 4)" if averaged else "measured during training")]
+  close = points_needing_seeds(rows)
+  if close:
+    notes.append(f"Within 2x base's seed spread of base, to run with more seeds: "
+                 f"{', '.join(close)} (`--only={','.join(close)} --seeds=0,1,2`)")
   with open(path, "w", encoding="utf-8") as handle:
     handle.write("# Sweep results\n\n" + markdown_table(rows) + "\n\n"
+                 + "".join(f"{note}.\n\n" for note in notes) +
                  "![BLEU against parameters](bleu_vs_params.png)\n\n"
                  "![Validation curves](validation_curves.png)\n")
   return path

@@ -5,7 +5,10 @@
 
 A sweep file defines `get_sweep(arg)` returning `{"name", "config", "points": [{"name",
 "overrides"}]}` and optionally `"reference": {point: {"perplexity", "bleu"}}` (published numbers,
-shown beside ours in the report). Each point trains in `ROOT/NAME` with `python -m transformer.main`; its summary
+shown beside ours in the report) and `"finish": [[FLAG, ...], ...]`: commands run after a point's
+training with the point's own flags plus these (`{workdir}` is filled in), e.g. `--mode=average`
+then `--mode=evaluate` of the averaged checkpoint on the whole validation split; the row then
+carries that evaluation as `final_eval`. Each point trains in `ROOT/NAME` with `python -m transformer.main`; its summary
 (config, parameter count, steps, wall time, final validation perplexity and BLEU) is appended to
 `ROOT/results.jsonl` with the full resolved config, the git commit, library versions, devices,
 seed and wall time. A point is done only when its trainer exited 0 and its workdir holds the
@@ -147,6 +150,42 @@ def command(sweep: dict[str, Any], point: dict[str, Any], workdir: str) -> list[
           f"--workdir={workdir}", *flags]
 
 
+def finish_commands(sweep: dict[str, Any], point: dict[str, Any], workdir: str
+                    ) -> list[list[str]]:
+  """The commands run after a point's training: its training command plus each `finish` entry."""
+  training = command(sweep, point, workdir)
+  return [[*training, *(flag.format(workdir=workdir) for flag in flags)]
+          for flags in sweep.get("finish", [])]
+
+
+def train_and_finish(sweep: dict[str, Any], point: dict[str, Any], workdir: str,
+                     config: ml_collections.ConfigDict, launcher: Launcher) -> str:
+  """One attempt at a point: '' when done, else why it is not."""
+  log = os.path.join(workdir, "log.txt")
+  code = launcher(command(sweep, point, workdir), log)
+  if code != 0:
+    return f"exit {code}"
+  if not completed(workdir, config):
+    return f"no checkpoint of step {config.train.num_steps}"
+  for argv in finish_commands(sweep, point, workdir):
+    code = launcher(argv, log)
+    if code != 0:
+      return f"exit {code} of `{' '.join(argv[3:])}`"
+  return ""
+
+
+def final_evaluation(workdir: str) -> dict[str, Any] | None:
+  """The evaluation a point's `finish` commands wrote last (`WORKDIR/eval/*.json`), if any."""
+  paths = tf.io.gfile.glob(os.path.join(workdir, "eval", "*.json"))
+  if not paths:
+    return None
+  newest = max(paths, key=lambda path: tf.io.gfile.stat(path).mtime_nsec)
+  with tf.io.gfile.GFile(newest) as handle:
+    result = json.load(handle)
+  return {key: result.get(key) for key in ("bleu", "chrf", "bleu_signature", "split", "sentences",
+                                           "step", "checkpoint")}
+
+
 def _flag_value(value: Any) -> str:
   return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -223,16 +262,17 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
     print(f"run {point['name']} -> {workdir}", flush=True)
     config = configs[point["name"]]
     for attempt in range(1, retries + 2):
-      code = launcher(command(sweep, point, workdir), os.path.join(workdir, "log.txt"))
-      if code == 0 and completed(workdir, config):
+      why = train_and_finish(sweep, point, workdir, config, launcher)
+      if not why:
         break
-      why = f"exit {code}" if code else f"no checkpoint of step {config.train.num_steps}"
       print(f"point {point['name']}: attempt {attempt} failed ({why})", flush=True)
     else:
       raise PointFailed(f"point '{point['name']}' failed {retries + 1} time(s) (last: {why}); "
                          f"see {os.path.join(workdir, 'log.txt')}")
     row = summarize(point, config, workdir, time.time() - start)
     row["attempts"] = attempt
+    if sweep.get("finish"):
+      row["final_eval"] = final_evaluation(workdir)
     if point["name"] in sweep.get("reference", {}):
       row["reference"] = sweep["reference"][point["name"]]
     with lock:  # points finish concurrently with --parallel

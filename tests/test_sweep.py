@@ -10,7 +10,7 @@ from experiments.sweeps import table3
 
 
 def test_table3_expands_to_the_paper_rows():
-  for scale in ("cpu", "tpu"):
+  for scale in ("cpu", "cpu_converged", "tpu"):
     definition = table3.get_sweep(scale)
     names = [p["name"] for p in definition["points"]]
     assert names[0] == "base" and len(names) == len(set(names)) == 19
@@ -158,3 +158,65 @@ def test_a_point_without_its_final_checkpoint_is_retried_then_fails(tmp_path):
   assert sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
                          launcher=retried, retries=1) == ["base"]
   assert report.read_results(str(tmp_path))[0]["attempts"] == 2
+
+
+def fake_finish(argv, log_path):
+  """Training as fake_complete_training; `--mode=average`/`evaluate` as transformer.main writes."""
+  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  if "--mode=average" in argv:
+    os.makedirs(os.path.join(workdir, "averaged", "20"), exist_ok=True)
+    return 0
+  if "--mode=evaluate" in argv:
+    checkpoint = next(a.split("=", 1)[1] for a in argv if a.startswith("--checkpoint_dir="))
+    if not os.path.isdir(checkpoint):
+      return 1
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", "val.averaged.step20.beam4.json"), "w") as handle:
+      json.dump({"bleu": 31.5, "split": "val", "sentences": 1014, "step": 20,
+                 "checkpoint": checkpoint}, handle)
+    return 0
+  return fake_complete_training(argv, log_path)
+
+
+def test_finish_commands_average_and_evaluate_after_training(tmp_path):
+  definition = small_sweep([{"name": "base", "overrides": {"model.d_ff": 64}}])
+  definition["finish"] = table3.get_sweep("cpu_converged")["finish"]
+  calls = []
+  launcher = lambda argv, log: calls.append(argv) or fake_finish(argv, log)
+  assert sweep.run_sweep(definition, str(tmp_path), launcher=launcher) == ["base"]
+  workdir = os.path.join(str(tmp_path), "base")
+  assert len(calls) == 3
+  assert calls[1][-2:] == ["--mode=average", "--config.eval.num_average=5"]
+  assert calls[2][-3:] == ["--mode=evaluate", f"--checkpoint_dir={workdir}/averaged",
+                           "--config.eval.split=val"]
+  assert all("--config.model.d_ff=64" in call for call in calls)  # the point's own flags
+  row = report.read_results(str(tmp_path))[0]
+  assert row["final_eval"]["bleu"] == 31.5 and row["final_eval"]["sentences"] == 1014
+
+
+def test_a_failing_finish_command_fails_the_attempt(tmp_path):
+  definition = small_sweep([{"name": "base", "overrides": {}}])
+  definition["finish"] = [["--mode=evaluate", "--checkpoint_dir={workdir}/averaged"]]
+  with pytest.raises(sweep.PointFailed, match=r"last: exit 1 of `.*--mode=evaluate"):
+    sweep.run_sweep(definition, str(tmp_path), launcher=fake_finish, retries=1)
+  assert sweep.finished(str(tmp_path)) == set()
+
+
+def test_report_uses_the_final_evaluation_and_names_points_needing_seeds(tmp_path):
+  def row(point, bleu, final=None, **overrides):
+    return {"point": point, "overrides": {"model.d_ff": 64, **overrides}, "params": 1_000_000,
+            "eval_perplexity": 5.0, "eval_bleu": bleu, "steps": 20, "wall_seconds": 60.0,
+            **({"final_eval": {"bleu": final, "sentences": 1014}} if final else {})}
+  rows = [row("base", 20.0, 30.0), row("base@seed1", 21.0, 31.0, seed=1),
+          row("base@seed2", 22.0, 32.0, seed=2),  # averaged BLEU 31.0 +- 1.0
+          row("close", 20.0, 32.5, **{"model.d_ff": 32}),  # 1.5 < 2 x 1.0
+          row("far", 20.0, 34.0, **{"model.d_ff": 128})]  # 3.0 >= 2 x 1.0
+  with open(tmp_path / "results.jsonl", "w") as handle:
+    handle.writelines(json.dumps(r) + "\n" for r in rows)
+  results = report.read_results(str(tmp_path))
+  assert [r["eval_bleu"] for r in results] == [30.0, 31.0, 32.0, 32.5, 34.0]
+  assert results[0]["training_bleu"] == 20.0
+  assert report.points_needing_seeds(results) == ["close"]
+  text = open(report.write_report(str(tmp_path))).read()
+  assert "31.0 ± 1.0" in text and "averaged checkpoint decoded on the whole validation" in text
+  assert "to run with more seeds: close (`--only=close --seeds=0,1,2`)" in text

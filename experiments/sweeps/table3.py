@@ -1,10 +1,14 @@
 """The paper's Table 3 (variations on the base model) as named config overrides.
 
-Two scales: `tpu` uses the paper's own sizes on WMT14 (`experiments/configs/wmt14_base.py`);
+Three scales: `tpu` uses the paper's own sizes on WMT14 (`experiments/configs/wmt14_base.py`);
 `cpu` (default) scales widths by 1/4 and depth by 1/2 and trains 600 steps of 1,024-token
 batches a point (~1.25 epochs of Multi30k), so that the whole sweep runs in 70-80 minutes on a
 2-core CPU (`--parallel=2`): enough to rank the variants early in training, not to reach their
-final quality (experiments/results/README.md). Rows keep the paper's letters:
+final quality (experiments/results/README.md). `cpu_converged` trains the same points 5x longer
+(3,000 steps, ~6 epochs; the budget is to be confirmed on the base point's validation loss
+before the campaign), averages the last 5 checkpoints (100 steps apart; Sec. 6.1) and decodes
+the whole `val` split with beam 4: the quality each variant reaches. A campaign over several
+sessions (~25 minutes a point, two at a time); results.jsonl rows carry it as `final_eval`. Rows keep the paper's letters:
 (A) heads with d_k = d_v = d_model / h (constant computation), (B) smaller d_k, (C) size,
 (D) dropout and label smoothing, (E) learned positional embedding.
 """
@@ -28,6 +32,19 @@ SCALES = {
                        "train.bleu_every_steps": 0, "train.bleu_max_examples": 300,
                        "train.test_at_end": False, "data.batch_size": 4,
                        "train.prng_impl": "rbg"}),
+    "cpu_converged": dict(d_model=128, d_ff=512, layers=3, config="experiments/configs/multi30k.py",
+                          fixed={"model.vocab_size": 4000, "tokenizer.vocab_size": 4000,
+                                 "train.num_steps": 3000, "train.warmup_steps": 300,
+                                 "train.learning_rate_factor": 0.5,
+                                 "train.eval_every_steps": 250,
+                                 "train.checkpoint_every_steps": 100,
+                                 "train.keep_checkpoints": 5, "train.bleu_every_steps": 0,
+                                 "train.test_at_end": False, "data.batch_size": 4,
+                                 "train.prng_impl": "rbg"},
+                          # Sec. 6.1: average the last checkpoints, then beam 4 on all of val.
+                          finish=[["--mode=average", "--config.eval.num_average=5"],
+                                  ["--mode=evaluate", "--checkpoint_dir={workdir}/averaged",
+                                   "--config.eval.split=val"]]),
 }
 
 
@@ -79,4 +96,4 @@ def get_sweep(scale: str = "cpu") -> dict[str, Any]:
   points = [{"name": name, "overrides": {**base, **changes}} for name, changes in variants.items()]
   reference = {name: {"perplexity": ppl, "bleu": bleu} for name, (ppl, bleu) in PAPER.items()}
   return {"name": f"table3-{scale}", "config": s["config"], "points": points,
-          "reference": reference}
+          "reference": reference, "finish": s.get("finish", [])}
