@@ -5,10 +5,14 @@
     python benchmarks/quality.py --task tatoeba-en-zh
 
 Each phase is an ordinary `python -m transformer.main` command (training resumes from the
-workdir's checkpoints): train, `--mode=average`, then `--mode=evaluate` on the test split with
-beam 4 (alpha 0.6) on the averaged and on the last checkpoint, and greedy on the averaged one.
-Writes `benchmarks/results/quality_TASK.json`, a markdown table on stdout and the learning curve
-`benchmarks/results/quality_TASK.png`. Extra `--config.KEY=VALUE` flags go to every phase.
+workdir's checkpoints): train; average the last 5 and the last 10 checkpoints
+(`--mode=average`, into WORKDIR/averaged_5 and averaged_10); decode the validation split with
+beam 4 and alpha 0.6 or 1.0 from each average and keep the best of the four (the test split is
+not looked at to choose); then `--mode=evaluate` on the test split with those settings on the
+chosen average and on the last checkpoint, and greedy on the chosen average. Writes
+`benchmarks/results/quality_TASK.json`, a markdown table on stdout and the learning curves
+(losses, and validation BLEU when the config measures it) `benchmarks/results/quality_TASK.png`.
+Extra `--config.KEY=VALUE` flags go to every phase.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,23 +33,19 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
+# task: (config, validation split)
 TASKS = {
-    "multi30k": "experiments/configs/multi30k.py",
-    "tatoeba-zh-en": "experiments/configs/tatoeba_zh_en.py:zh-en",
-    "tatoeba-en-zh": "experiments/configs/tatoeba_zh_en.py:en-zh",
+    "multi30k": ("experiments/configs/multi30k.py", "val"),
+    "tatoeba-zh-en": ("experiments/configs/tatoeba_zh_en.py:zh-en", "validation"),
+    "tatoeba-en-zh": ("experiments/configs/tatoeba_zh_en.py:en-zh", "validation"),
 }
-# (label, checkpoint directory under the workdir, decoding flags)
-EVALUATIONS = [
-    ("averaged, beam 4", "averaged", ["--config.decode.method=beam",
-                                      "--config.decode.beam_size=4"]),
-    ("last, beam 4", "checkpoints", ["--config.decode.method=beam",
-                                     "--config.decode.beam_size=4"]),
-    ("averaged, greedy", "averaged", ["--config.decode.method=greedy"]),
-]
+# Chosen on the validation split: how many of the last checkpoints to average, and the length
+# penalty's alpha (beam 4, as in the paper).
+AVERAGE_CHOICES = (5, 10)
+ALPHA_CHOICES = (0.6, 1.0)
+BEAM = ["--config.decode.method=beam", "--config.decode.beam_size=4"]
 # Multi30k is also scored as the multimodal-MT literature scores it (lowercased, Moses-tokenized).
-LITERATURE_STYLE = {"multi30k": ("averaged, beam 4, multi30k BLEU", "averaged",
-                                 ["--config.decode.method=beam", "--config.decode.beam_size=4",
-                                  "--config.eval.bleu_style=multi30k"])}
+EXTRA_STYLES = {"multi30k": ["multi30k"]}
 
 
 def run_phase(argv: list[str]) -> float:
@@ -83,23 +84,31 @@ def newest_evaluation(workdir: str) -> dict[str, Any]:
 
 
 def plot_learning_curve(records: list[dict[str, Any]], title: str, path: str) -> None:
-  """Training and validation loss against training minutes (top axis: steps)."""
+  """Training and validation loss against training minutes, and beside it the validation BLEU
+  measured during training (when the config measures it: `train.bleu_every_steps`)."""
   minutes = training_minutes(records)
+  at = lambda step: minutes.get(step, max(minutes.values()))
   train = [(minutes[r["step"]], r["loss"]) for r in records if "loss" in r and r["step"] in minutes]
-  evals = [(minutes.get(r["step"], max(minutes.values())), r["eval_loss"], r.get("eval_bleu"))
-           for r in records if "eval_loss" in r]
-  figure, axis = plt.subplots(figsize=(7, 4))
+  evals = [(at(r["step"]), r["eval_loss"]) for r in records if "eval_loss" in r]
+  bleus = [(at(r["step"]), r["eval_bleu"]) for r in records if r.get("eval_bleu") is not None]
+  figure, axes = plt.subplots(1, 2 if bleus else 1, figsize=(12 if bleus else 7, 4),
+                              squeeze=False)
+  axis = axes[0][0]
   axis.plot(*zip(*train), label="training loss (label-smoothed)")
-  axis.plot([e[0] for e in evals], [e[1] for e in evals], "o-", label="validation loss")
-  for x, loss, bleu in evals:
-    if bleu is not None:
-      axis.annotate(f"val BLEU {bleu:.1f}", (x, loss), textcoords="offset points",
-                    xytext=(-60, 12))
-  axis.set_xlabel("training minutes (2 CPU cores)")
+  axis.plot(*zip(*evals), "o-", label="validation loss")
   axis.set_ylabel("cross-entropy (nats/token)")
   axis.set_title(title)
-  axis.grid(alpha=0.3)
   axis.legend()
+  if bleus:
+    axis = axes[0][1]
+    axis.plot(*zip(*bleus), "o-", color="tab:green")
+    for x, bleu in bleus[-1:]:
+      axis.annotate(f"{bleu:.1f}", (x, bleu), textcoords="offset points", xytext=(-10, 8))
+    axis.set_ylabel("validation BLEU (last checkpoint, beam 4)")
+    axis.set_title(f"{title}: validation BLEU")
+  for axis in axes[0]:
+    axis.set_xlabel("training minutes (2 CPU cores)")
+    axis.grid(alpha=0.3)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
   plt.close(figure)
@@ -117,6 +126,41 @@ def markdown(task: str, rows: list[dict[str, Any]], timing: dict[str, float]) ->
   return "\n".join(lines)
 
 
+def average_last(common: list[str], workdir: str, count: int) -> str:
+  """Averages the last `count` checkpoints into WORKDIR/averaged_COUNT; returns that name."""
+  run_phase([*common, "--mode=average", f"--config.eval.num_average={count}"])
+  name = f"averaged_{count}"
+  shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+  os.replace(os.path.join(workdir, "averaged"), os.path.join(workdir, name))
+  return name
+
+
+def evaluate(common: list[str], workdir: str, directory: str, flags: list[str]
+             ) -> dict[str, Any]:
+  """`--mode=evaluate` of WORKDIR/DIRECTORY with `flags`; returns the result it wrote."""
+  run_phase([*common, "--mode=evaluate", f"--checkpoint_dir={os.path.join(workdir, directory)}",
+             *flags])
+  result = newest_evaluation(workdir)
+  if os.path.basename(os.path.normpath(result["checkpoint"])) != directory:
+    raise SystemExit(f"error: expected an evaluation of {directory}, found {result['checkpoint']}")
+  return result
+
+
+def tune_on_validation(common: list[str], workdir: str, split: str) -> list[dict[str, Any]]:
+  """Validation BLEU (beam 4) for each number of averaged checkpoints and alpha, best first."""
+  grid = []
+  for count in AVERAGE_CHOICES:
+    directory = average_last(common, workdir, count)
+    for alpha in ALPHA_CHOICES:
+      result = evaluate(common, workdir, directory,
+                        [*BEAM, f"--config.decode.alpha={alpha}", f"--config.eval.split={split}"])
+      grid.append({"num_average": count, "directory": directory, "alpha": alpha,
+                   "val_bleu": result["bleu"], "val_sentences": result["sentences"]})
+      print(f"validation: average of {count}, alpha {alpha}: BLEU {result['bleu']:.2f}",
+            flush=True)
+  return sorted(grid, key=lambda g: -g["val_bleu"])
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--task", choices=sorted(TASKS), required=True)
@@ -127,34 +171,42 @@ def main() -> None:
   if unknown:
     parser.error(f"unknown argument(s) {' '.join(unknown)} (only --config.KEY=VALUE is passed on)")
   workdir = args.workdir or os.path.join("runs", f"quality_{args.task}")
-  common = [f"--config={TASKS[args.task]}", f"--workdir={workdir}", *config_flags]
+  config_file, validation_split = TASKS[args.task]
+  common = [f"--config={config_file}", f"--workdir={workdir}", *config_flags]
   timing = {}
   if not args.skip_training:
     # The test split is decoded below, after averaging.
     timing["training"] = run_phase([*common, "--config.train.test_at_end=false"])
-  timing["averaging"] = run_phase([*common, "--mode=average"])
+  start = time.perf_counter()
+  grid = tune_on_validation(common, workdir, validation_split)
+  timing["averaging and tuning on validation"] = time.perf_counter() - start
+  best = grid[0]
+  chosen = [*BEAM, f"--config.decode.alpha={best['alpha']}"]
+  averaged = f"average of the last {best['num_average']}"
+  evaluations = [(f"{averaged}, beam 4, alpha {best['alpha']}", best["directory"], chosen),
+                 (f"last, beam 4, alpha {best['alpha']}", "checkpoints", chosen),
+                 (f"{averaged}, greedy", best["directory"], ["--config.decode.method=greedy"])]
+  for style in EXTRA_STYLES.get(args.task, []):
+    evaluations.append((f"{averaged}, beam 4, alpha {best['alpha']}, {style} BLEU",
+                        best["directory"], [*chosen, f"--config.eval.bleu_style={style}"]))
+  start = time.perf_counter()
   rows = []
-  evaluation_seconds = 0.0
-  extra = [LITERATURE_STYLE[args.task]] if args.task in LITERATURE_STYLE else []
-  for label, directory, decode_flags in EVALUATIONS + extra:
-    evaluation_seconds += run_phase([*common, "--mode=evaluate",
-                                     f"--checkpoint_dir={os.path.join(workdir, directory)}",
-                                     *decode_flags])
-    result = newest_evaluation(workdir)
-    if os.path.basename(os.path.normpath(result["checkpoint"])) != directory:
-      raise SystemExit(f"error: expected an evaluation of {directory}, found "
-                       f"{result['checkpoint']}")
+  for label, directory, decode_flags in evaluations:
+    result = evaluate(common, workdir, directory, decode_flags)
     rows.append({"label": label, **{k: result[k] for k in (
         "bleu", "chrf", "bleu_signature", "step", "split", "sentences")}})
-  timing["evaluation"] = evaluation_seconds
+  timing["test evaluation"] = time.perf_counter() - start
   records = read_metrics(workdir)
   timing["training (steps only)"] = 60 * max(training_minutes(records).values())
   os.makedirs(RESULTS, exist_ok=True)
   plot_learning_curve(records, f"{args.task}: learning curve",
                       os.path.join(RESULTS, f"quality_{args.task}.png"))
   with open(os.path.join(RESULTS, f"quality_{args.task}.json"), "w", encoding="utf-8") as out:
-    json.dump({"task": args.task, "config": TASKS[args.task], "flags": config_flags,
-               "results": rows, "seconds": timing}, out, indent=2)
+    json.dump({"task": args.task, "config": config_file, "flags": config_flags,
+               "validation_grid": grid, "results": rows, "seconds": timing,
+               "validation_curve": [{"step": r["step"], "eval_bleu": r["eval_bleu"]}
+                                    for r in records if r.get("eval_bleu") is not None]},
+              out, indent=2)
   print(markdown(args.task, rows, timing))
 
 
