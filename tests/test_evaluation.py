@@ -1,5 +1,6 @@
 """BLEU/chrF, and the evaluate, translate, average and attention modes on a trained tiny model."""
 
+import copy
 import dataclasses
 import io
 import json
@@ -87,6 +88,25 @@ def test_evaluate_writes_hypotheses_and_reports_bleu(trained):
   assert len(hypotheses) == 40
   saved = json.load(open(os.path.join(workdir, "eval", "test.step30.beam2.json")))
   assert saved["bleu"] == result["bleu"]
+
+
+def test_one_decode_scored_in_several_styles(trained):
+  config, workdir = trained
+  config = copy.deepcopy(config)
+  config.eval.extra_bleu_styles = "multi30k, paper"
+  result = commands.evaluate(config, workdir)
+  hypotheses = open(os.path.join(workdir, "eval", "test.step30.beam2.hyp.txt")).read().splitlines()
+  config.eval.update(extra_bleu_styles="", bleu_style="multi30k")
+  alone = commands.evaluate(config, workdir)  # a second decode, scored in that style only
+  assert open(os.path.join(workdir, "eval", "test.step30.beam2.multi30k.hyp.txt")
+              ).read().splitlines() == hypotheses
+  assert set(result["extra_bleu"]) == {"multi30k", "paper"}
+  assert result["extra_bleu"]["multi30k"] == {"bleu": alone["bleu"],
+                                               "bleu_signature": alone["bleu_signature"]}
+  assert result["extra_bleu"]["paper"]["bleu_signature"].startswith("moses-tok(")
+  config.eval.extra_bleu_styles = "multi30k,moses"
+  with pytest.raises(ValueError, match="extra_bleu_styles: unknown BLEU style.*moses"):
+    commands.evaluate(config, workdir)
 
 
 def test_output_names_keep_checkpoints_and_decodings_apart():

@@ -51,6 +51,16 @@ def multi30k_tokens(text: str, lang: str) -> str:
   return _moses(lang).tokenize(normalized, return_str=True, escape=False).lower()
 
 
+def parse_list(text: str, key: str) -> list[str]:
+  """Style names of a comma-separated config value (`key` names it in the error)."""
+  styles = [name.strip() for name in text.split(",") if name.strip()]
+  unknown = [name for name in styles if name not in STYLES]
+  if unknown:
+    raise ValueError(f"{key}: unknown BLEU style(s) {', '.join(unknown)}; known: "
+                     f"{', '.join(STYLES)}")
+  return styles
+
+
 def preparation(style: str, target_lang: str) -> tuple[Callable[[str], str], sacrebleu.BLEU, str]:
   """(text -> what BLEU sees, the sacreBLEU scorer, the recipe's name for the signature)."""
   if style not in STYLES:

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from transformer import checkpointing, evaluation, inference, run, sharding
+from transformer import bleu_styles, checkpointing, evaluation, inference, run, sharding
 from transformer.data import datasets, inputs, pipeline
 from transformer.data.corpus import DataError
 from transformer.data.tokenizer import EOS_ID, Tokenizer
@@ -89,6 +89,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
              ) -> dict[str, Any]:
   """Decodes a split (or file pair), writes the hypotheses and reports sacreBLEU and chrF."""
   directory = directory or checkpoint_dir(workdir)
+  extra_styles = bleu_styles.parse_list(config.eval.extra_bleu_styles,
+                                        "config.eval.extra_bleu_styles")
   loaded = load(config, directory)
   trained = loaded.config
   if config.eval.source_file:
@@ -109,6 +111,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
                                                 loaded.mesh)
   result = evaluation.score(hypotheses, evaluation_set.references, trained.data.target_lang,
                             config.eval.bleu_style)
+  if extra_styles:  # the same hypotheses scored in other styles: one decode for all of them
+    result["extra_bleu"] = {
+        style: {k: v for k, v in evaluation.score(
+            hypotheses, evaluation_set.references, trained.data.target_lang, style).items()
+            if k in ("bleu", "bleu_signature")} for style in extra_styles}
   result.update(step=loaded.step, split=name, sentences=len(hypotheses), checkpoint=directory,
                 decode=dict(config.decode))
   output_dir = os.path.join(workdir, "eval")

@@ -79,6 +79,8 @@ def main(argv: list[str]) -> None:
             f"BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f}\n"
             f"BLEU signature ({result['bleu_style']}): {result['bleu_signature']}\n"
             f"chrF signature: {result['chrf_signature']}")
+      for style, extra in result.get("extra_bleu", {}).items():
+        print(f"BLEU ({style}) {extra['bleu']:.2f}, signature: {extra['bleu_signature']}")
     elif mode == "translate":
       translate_to_output(config, workdir)
     elif mode == "average":

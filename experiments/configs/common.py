@@ -123,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
       # sacrebleu (detokenized, 13a/zh) | paper (Moses-tokenized, compounds split, as the paper)
       # | multi30k (punctuation-normalized, Moses-tokenized, lowercased); see bleu_styles.py
       bleu_style="sacrebleu",
+      extra_bleu_styles="",  # --mode=evaluate: also score the same hypotheses in these (a,b)
       num_average=5,  # --mode=average: last N checkpoints (Sec. 6.1: 5 base, 20 big)
       nbest=1,  # --mode=translate: print the n best hypotheses with scores (<= beam_size)
       attention_layers=(0, -1),  # --mode=attention: layers and heads to draw
