@@ -148,6 +148,17 @@ def test_rbg_dropout_prng_trains_from_the_same_initial_parameters(data_dir):
     run.validate(config)
 
 
+def test_a_cpu_peak_measured_under_load_is_measured_again(monkeypatch):
+  measurements = iter([3e9])
+  monkeypatch.setattr(run, "measured_cpu_peak_flops", lambda: next(measurements))
+  # The step ran faster than the start-up peak: that peak was measured under load.
+  assert run.corrected_peak(1e9, 2e9, configured=0.0) == 3e9
+  assert run.corrected_peak(1e9, 0.5e9, configured=0.0) == 1e9  # plausible: kept
+  assert run.corrected_peak(1e9, 2e9, configured=1e9) == 1e9  # the user's number stands
+  measurements = iter([0.8e9])  # a second measurement that is lower still is not taken
+  assert run.corrected_peak(1e9, 2e9, configured=0.0) == 1e9
+
+
 def test_mesh_errors():
   with pytest.raises(ValueError, match=r"config.mesh: 8 devices cannot be split into data=-1 fsdp=3"):
     sharding.make_mesh(-1, 3, 1)
