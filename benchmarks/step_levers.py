@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any, Callable
 
 import jax
@@ -117,17 +116,7 @@ def variant(size: str, shape: tuple[int, int], prng_impl: str = "threefry2x32",
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
   finally:
     layers.sinusoidal_encoding = original
-  holder = {"state": state}
-
-  def steps(k: int) -> float:
-    start = time.perf_counter()
-    for _ in range(k):
-      holder["state"], out = compiled(holder["state"], batch)
-    out["loss_sum"].block_until_ready()
-    return time.perf_counter() - start
-
-  steps(1)
-  return steps
+  return train_speed.timed_runner(lambda current: compiled(current, batch), state)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {

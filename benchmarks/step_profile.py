@@ -99,15 +99,7 @@ def ours(size: str, shape: tuple[int, int]):
   """(compiled step, k-steps runner) of our train step."""
   config, setup, state, batch = train_speed.jax_setup(size, "rbg", *shape)
   compiled = run.compiled_train_step(setup, config).lower(state, batch).compile()
-  holder = {"state": state}
-
-  def steps(k: int) -> None:
-    for _ in range(k):
-      holder["state"], metrics = compiled(holder["state"], batch)
-    jax.block_until_ready(metrics)
-
-  steps(1)
-  return compiled, steps
+  return compiled, train_speed.timed_runner(lambda current: compiled(current, batch), state)
 
 
 def plain_flax(size: str, shape: tuple[int, int]):
@@ -115,15 +107,8 @@ def plain_flax(size: str, shape: tuple[int, int]):
   source, target = train_speed.random_pair(*shape)
   step, state = flax_peer.make_step(train_speed.VOCAB, *train_speed.SIZES[size], source, target)
   compiled = step.lower(*state, source, target).compile()
-  holder = {"state": state}
-
-  def steps(k: int) -> None:
-    for _ in range(k):
-      *holder["state"], loss = compiled(*holder["state"], source, target)
-    jax.block_until_ready(loss)
-
-  steps(1)
-  return compiled, steps
+  return compiled, train_speed.timed_runner(
+      flax_peer.state_threading(compiled, source, target), state)
 
 
 def main() -> None:

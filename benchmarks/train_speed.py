@@ -26,9 +26,9 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -70,6 +70,22 @@ def jax_setup(size: str, prng_impl: str = "threefry2x32", batch_size: int = BATC
   return config, setup, state, sharding.global_batch(batch, setup.mesh)
 
 
+def timed_runner(advance: Callable[[Any], tuple[Any, Any]], state: Any) -> Callable[[int], float]:
+  """k -> seconds of k calls of `advance` (state -> (new state, outputs)), threading the state
+  from call to call; run once before it is returned (compilation and first-call costs)."""
+  holder = {"state": state}
+
+  def steps(k: int) -> float:
+    start = time.perf_counter()
+    for _ in range(k):
+      holder["state"], outputs = advance(holder["state"])
+    jax.block_until_ready(outputs)
+    return time.perf_counter() - start
+
+  steps(1)
+  return steps
+
+
 def jax_step(size: str, prng_impl: str = "threefry2x32", shape: tuple[int, int] = (BATCH, LENGTH),
              **model_overrides):
   """(run k steps -> seconds, model FLOPs per step, compiled bytes) for our train step.
@@ -80,17 +96,7 @@ def jax_step(size: str, prng_impl: str = "threefry2x32", shape: tuple[int, int] 
   flops = run.model_flops_per_step(setup, config)
   memory = compiled.memory_analysis()
   footprint = memory.temp_size_in_bytes + memory.argument_size_in_bytes
-  holder = {"state": state}
-
-  def steps(k: int) -> float:
-    start = time.perf_counter()
-    for _ in range(k):
-      holder["state"], metrics = compiled(holder["state"], batch)
-    metrics["loss_sum"].block_until_ready()
-    return time.perf_counter() - start
-
-  steps(1)
-  return steps, flops, footprint
+  return timed_runner(lambda current: compiled(current, batch), state), flops, footprint
 
 
 def flax_step(size: str, shape: tuple[int, int] = (BATCH, LENGTH)):
@@ -99,17 +105,7 @@ def flax_step(size: str, shape: tuple[int, int] = (BATCH, LENGTH)):
 
   source, target = random_pair(*shape)
   step, state = flax_peer.make_step(VOCAB, *SIZES[size], source, target)
-  holder = {"state": state}
-
-  def steps(k: int) -> float:
-    start = time.perf_counter()
-    for _ in range(k):
-      *holder["state"], loss = step(*holder["state"], source, target)
-    loss.block_until_ready()
-    return time.perf_counter() - start
-
-  steps(1)
-  return steps
+  return timed_runner(flax_peer.state_threading(step, source, target), state)
 
 
 def torch_step(size: str, use_compile: bool, shape: tuple[int, int] = (BATCH, LENGTH)):
