@@ -58,7 +58,7 @@ def train_only(config: ml_collections.ConfigDict, accelerator: str) -> dict:
   """Modeled figures of the train step alone (the decode step is compiled for the winner)."""
   slice_ = tpu_slices.get_slice(accelerator)
   setup = run.make_setup(config, devices=aot.slice_devices(slice_))
-  step = aot._compile_or_oom(aot.compile_train_step, setup, config, slice_.chip)
+  step = aot.compile_or_oom(aot.compile_train_step, setup, config, slice_.chip)
   result = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "train": step}
   if step["fits"]:
     result["modeled_mfu"] = flops.mfu(run.model_flops_per_step(setup, config), 1,

@@ -130,7 +130,7 @@ _OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?\(([\d.]+)
                             r".*?\(([\d.]+)([KMGT])\)")
 
 
-def _compile_or_oom(compile_step: Any, setup: run.Setup, config: ml_collections.ConfigDict,
+def compile_or_oom(compile_step: Any, setup: run.Setup, config: ml_collections.ConfigDict,
                     chip: tpu_slices.Chip | None) -> dict[str, Any]:
   """The step's report, or `fits: False` with XLA's figures when XLA:TPU runs out of HBM.
 
@@ -164,8 +164,8 @@ def compile_report(config: ml_collections.ConfigDict, accelerator_type: str | No
   data = config.data
   source_length = data.packed_inputs_length or data.packed_length
   chip = slice_.chip if slice_ else None
-  train = _compile_or_oom(compile_train_step, setup, config, chip)
-  decode = _compile_or_oom(compile_decode_step, setup, config, chip)
+  train = compile_or_oom(compile_train_step, setup, config, chip)
+  decode = compile_or_oom(compile_decode_step, setup, config, chip)
   model_flops = flops.train_step_flops(model_config, data.batch_size, source_length,
                                        data.packed_length)
   report: dict[str, Any] = {
