@@ -9,7 +9,9 @@ workdir's checkpoints): train; average the last 5 and the last 10 checkpoints
 (`--mode=average`, into WORKDIR/averaged_5 and averaged_10); decode the validation split with
 beam 4 and alpha 0.6 or 1.0 from each average and keep the best of the four (the test split is
 not looked at to choose); then `--mode=evaluate` on the test split with those settings on the
-chosen average and on the last checkpoint, and greedy on the chosen average. Writes
+chosen average and on the last checkpoint, and greedy on the chosen average (Multi30k: also
+test_2017_flickr, and each averaged beam decode scored in the literature's BLEU as well, from
+the same hypotheses). Writes
 `benchmarks/results/quality_TASK.json`, a markdown table on stdout and the learning curves
 (losses, and validation BLEU when the config measures it) `benchmarks/results/quality_TASK.png`.
 Extra `--config.KEY=VALUE` flags go to every phase.
@@ -39,6 +41,8 @@ TASKS = {
     "tatoeba-zh-en": ("experiments/configs/tatoeba_zh_en.py:zh-en", "validation"),
     "tatoeba-en-zh": ("experiments/configs/tatoeba_zh_en.py:en-zh", "validation"),
 }
+# Test splits decoded besides the config's own, with the chosen average and alpha.
+EXTRA_TEST_SPLITS = {"multi30k": ["test_2017_flickr"]}
 # Chosen on the validation split: how many of the last checkpoints to average, and the length
 # penalty's alpha (beam 4, as in the paper).
 AVERAGE_CHOICES = (5, 10)
@@ -116,10 +120,10 @@ def plot_learning_curve(records: list[dict[str, Any]], title: str, path: str) ->
 
 def markdown(task: str, rows: list[dict[str, Any]], timing: dict[str, float]) -> str:
   """The results table of one task."""
-  lines = [f"| {task} | checkpoint, decoding | BLEU | chrF | signature |",
-           "|---|---|---|---|---|"]
+  lines = [f"| {task} | split | checkpoint, decoding | BLEU | chrF | signature |",
+           "|---|---|---|---|---|---|"]
   for row in rows:
-    lines.append(f"| | {row['label']} | {row['bleu']:.2f} | {row['chrf']:.2f} | "
+    lines.append(f"| | {row['split']} | {row['label']} | {row['bleu']:.2f} | {row['chrf']:.2f} | "
                  f"`{row['bleu_signature']}` |")
   lines.append("")
   lines.append(" · ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items()))
@@ -146,10 +150,21 @@ def evaluate(common: list[str], workdir: str, directory: str, flags: list[str]
   return result
 
 
+def kept_checkpoints(workdir: str) -> int:
+  """How many training checkpoints WORKDIR/checkpoints holds (step-numbered directories)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return sum(name.isdigit() for name in os.listdir(directory)) if os.path.isdir(directory) else 0
+
+
+def average_choices(kept: int) -> list[int]:
+  """The numbers of checkpoints to try averaging: those the run kept (at least one choice)."""
+  return [count for count in AVERAGE_CHOICES if count <= kept] or [min(AVERAGE_CHOICES)]
+
+
 def tune_on_validation(common: list[str], workdir: str, split: str) -> list[dict[str, Any]]:
   """Validation BLEU (beam 4) for each number of averaged checkpoints and alpha, best first."""
   grid = []
-  for count in AVERAGE_CHOICES:
+  for count in average_choices(kept_checkpoints(workdir)):
     directory = average_last(common, workdir, count)
     for alpha in ALPHA_CHOICES:
       result = evaluate(common, workdir, directory,
@@ -183,18 +198,23 @@ def main() -> None:
   best = grid[0]
   chosen = [*BEAM, f"--config.decode.alpha={best['alpha']}"]
   averaged = f"average of the last {best['num_average']}"
-  evaluations = [(f"{averaged}, beam 4, alpha {best['alpha']}", best["directory"], chosen),
+  extra = EXTRA_STYLES.get(args.task, [])
+  # The chosen average's test decode is also scored in the task's extra BLEU styles.
+  evaluations = [(f"{averaged}, beam 4, alpha {best['alpha']}", best["directory"],
+                  [*chosen, f"--config.eval.extra_bleu_styles={','.join(extra)}"]),
                  (f"last, beam 4, alpha {best['alpha']}", "checkpoints", chosen),
                  (f"{averaged}, greedy", best["directory"], ["--config.decode.method=greedy"])]
-  for style in EXTRA_STYLES.get(args.task, []):
-    evaluations.append((f"{averaged}, beam 4, alpha {best['alpha']}, {style} BLEU",
-                        best["directory"], [*chosen, f"--config.eval.bleu_style={style}"]))
+  evaluations += [(f"{averaged}, beam 4, alpha {best['alpha']}", best["directory"],
+                   [*evaluations[0][2], f"--config.eval.split={split}"])
+                  for split in EXTRA_TEST_SPLITS.get(args.task, [])]
   start = time.perf_counter()
   rows = []
   for label, directory, decode_flags in evaluations:
     result = evaluate(common, workdir, directory, decode_flags)
     rows.append({"label": label, **{k: result[k] for k in (
         "bleu", "chrf", "bleu_signature", "step", "split", "sentences")}})
+    for style, scored in result.get("extra_bleu", {}).items():
+      rows.append({**rows[-1], "label": f"{label}, {style} BLEU", **scored})
   timing["test evaluation"] = time.perf_counter() - start
   records = read_metrics(workdir)
   timing["training (steps only)"] = 60 * max(training_minutes(records).values())
