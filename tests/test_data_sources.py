@@ -223,7 +223,7 @@ def test_data_stats_reports_dropped_pairs_per_split(tmp_path):
   builder = datasets.prepare(config.data)
   train = datasets.load_split(builder, config.data, "train")
   tokenizer = tokenizer_lib.load_or_train(
-      str(tmp_path), [t.decode() for ex in train.as_numpy_iterator() for t in ex.values()],
+      str(tmp_path), lambda features: pipeline.texts_for_tokenizer(train, 100, features),
       vocab_size=40, model_type="unigram", character_coverage=1.0, byte_fallback=False,
       normalization="nmt_nfkc")
   text = stats.report(builder, config, tokenizer, str(tmp_path / "stats"))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from transformer import bleu_styles, commands, decoding, evaluation, run
+from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.corpus import DataError
 
 import tiny_config
@@ -107,6 +108,22 @@ def test_one_decode_scored_in_several_styles(trained):
   config.eval.extra_bleu_styles = "multi30k,moses"
   with pytest.raises(ValueError, match="extra_bleu_styles: unknown BLEU style.*moses"):
     commands.evaluate(config, workdir)
+
+
+def test_separate_vocabularies_train_evaluate_and_translate(tmp_path):
+  config = tiny_config.get_config()
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.tokenizer.vocabularies = "separate"
+  config.train.update(dict(num_steps=10, checkpoint_every_steps=10))
+  run.train_and_evaluate(config, str(tmp_path))
+  loaded = commands.load(config, commands.checkpoint_dir(str(tmp_path)))
+  assert isinstance(loaded.tokenizer, tokenizer_lib.SplitTokenizer)
+  assert loaded.tokenizer.vocab_size <= config.model.vocab_size
+  assert commands.evaluate(config, str(tmp_path))["sentences"] == 40
+  (tmp_path / "input.en").write_text("seven\nforty-two\n")
+  output = io.StringIO()
+  assert commands.translate(config, str(tmp_path), str(tmp_path / "input.en"), output) == 2
+  assert len(output.getvalue().splitlines()) == 2
 
 
 def test_output_names_keep_checkpoints_and_decodings_apart():

@@ -132,6 +132,27 @@ def test_evaluation_batches_keep_every_example(generated):
         assert tokenizer.decode(ids) == evaluation.sources[index]
 
 
+def test_separate_vocabularies_encode_each_side_with_its_own_model(tmp_path):
+  config = common.base_config()
+  config.data = data_config(tmp_path)
+  config.data.update(dict(packed_length=32, max_train_length=16, batch_size=4,
+                          eval_batch_size=8, shuffle_buffer=100))
+  config.tokenizer.update(dict(vocab_size=120, sample_size=200, vocabularies="separate"))
+  builder = datasets.prepare(config.data)
+  tokenizer = inputs.get_tokenizer(builder, config, str(tmp_path / "workdir"))
+  boundary = tokenizer.source.vocab_size
+  batch = next(inputs.train_dataset(builder, config, tokenizer).as_numpy_iterator())
+  real = lambda ids: ids[ids >= 3]  # no padding, EOS or unknown
+  assert real(batch["inputs"]).max() < boundary <= real(batch["targets"]).min()
+  evaluation = inputs.eval_set(builder, config, tokenizer, "validation")
+  for batch in evaluation.batches:
+    assert real(batch["inputs"]).max() < boundary <= real(batch["targets"]).min()
+  first = evaluation.batches[0]
+  row = int(np.argmax(first["index"] >= 0))
+  targets = first["targets"][row]
+  assert tokenizer.decode(targets[targets > 0]) == evaluation.references[first["index"][row]]
+
+
 def test_evaluation_batches_same_count_on_every_process(generated):
   config, builder, tokenizer = generated
   counts = [len(inputs.eval_set(builder, config, tokenizer, "validation", i, 3).batches)

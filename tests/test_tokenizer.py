@@ -39,8 +39,8 @@ def test_chinese_without_spaces_tokenizes_and_round_trips():
 
 
 def test_trained_once_then_reused(tmp_path):
-  first = tokenizer_lib.load_or_train(str(tmp_path), number_texts(), 100, "bpe", 1.0)
-  again = tokenizer_lib.load_or_train(str(tmp_path), iter(["unused"]), 100, "bpe", 1.0)
+  first = tokenizer_lib.load_or_train(str(tmp_path), lambda _: number_texts(), 100, "bpe", 1.0)
+  again = tokenizer_lib.load_or_train(str(tmp_path), lambda _: iter(["unused"]), 100, "bpe", 1.0)
   assert again.model_proto == first.model_proto
   assert not list(tmp_path.glob("*.tmp-*"))
 
@@ -71,3 +71,38 @@ def test_single_han_characters_are_their_own_pieces_beside_english_subwords():
   assert [single.decode(ids) for ids in single.encode(chinese[:300])] == chinese[:300]
   with pytest.raises(ValueError, match="han_characters must be one of merge, single"):
     tokenizer_lib.train(english, vocab_size=100, han_characters="chars")
+
+
+def test_separate_vocabularies_share_one_id_space_without_overlap(tmp_path):
+  english = [number_words.english(n) for n in range(0, 900_000, 300)]
+  german = [number_words.german(n) for n in range(0, 900_000, 300)]
+  texts = {("inputs",): english, ("targets",): german}
+  split = tokenizer_lib.load_or_train(str(tmp_path), lambda features: iter(texts[features]),
+                                      120, "unigram", 1.0, vocabularies="separate")
+  source_size = split.source.vocab_size
+  assert split.vocab_size == source_size + split.target.vocab_size - 3 <= 120
+  source_ids = split.encode(english[:200], "source")
+  target_ids = split.encode(german[:200], "target")
+  special = {tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID, tokenizer_lib.UNK_ID}
+  used_source = {t for ids in source_ids for t in ids} - special
+  used_target = {t for ids in target_ids for t in ids} - special
+  assert max(used_source) < source_size <= min(used_target)
+  assert max(used_target) < split.vocab_size
+  assert all(ids[-1] == tokenizer_lib.EOS_ID for ids in source_ids + target_ids)
+  assert [split.decode(ids) for ids in target_ids] == german[:200]
+  # Each side's ids are its own SentencePiece model's, shifted on the target side.
+  assert source_ids == split.source.encode(english[:200])
+  assert [[t if t < 3 else t - source_size + 3 for t in ids] for ids in target_ids] == \
+      split.target.encode(german[:200])
+  assert split.pieces(target_ids[5], "target") == split.target.pieces(
+      split.target.encode([german[5]])[0])
+  assert split.decode([min(used_source), tokenizer_lib.EOS_ID]) == \
+      split.target.decode([tokenizer_lib.UNK_ID])  # a source id in the output reads as unknown
+  again = tokenizer_lib.load(str(tmp_path / tokenizer_lib.MODEL_FILE))
+  assert isinstance(again, tokenizer_lib.SplitTokenizer)
+  assert again.encode(german[:20], "target") == target_ids[:20]
+  assert tokenizer_lib.from_bytes(split.source.model_proto).model_proto == \
+      split.source.model_proto  # a joint model file reads as before
+  with pytest.raises(ValueError, match="vocabularies must be one of joint, separate"):
+    tokenizer_lib.load_or_train(str(tmp_path / "x"), lambda _: iter(english), 50, "unigram",
+                                1.0, vocabularies="per-language")

@@ -23,7 +23,8 @@ import tensorflow as tf
 from transformer import bleu_styles, checkpointing, evaluation, inference, run, sharding
 from transformer.data import datasets, inputs, pipeline
 from transformer.data.corpus import DataError
-from transformer.data.tokenizer import EOS_ID, Tokenizer
+from transformer.data import tokenizer as tokenizer_lib
+from transformer.data.tokenizer import EOS_ID, TokenizerBase
 from transformer.model import Transformer
 
 matplotlib.use("Agg")
@@ -37,7 +38,7 @@ class Loaded:
   config: ml_collections.ConfigDict  # as trained, with this run's mesh/decode/eval settings
   model: Transformer
   params: Any
-  tokenizer: Tokenizer
+  tokenizer: TokenizerBase
   step: int
   mesh: Any
 
@@ -67,11 +68,11 @@ def load(config: ml_collections.ConfigDict, directory: str, step: int | None = N
       trained[section] = config[section]
   setup = run.make_setup(trained)
   state, _ = checkpointing.restore(manager, step, setup.abstract_state)
-  tokenizer = Tokenizer(checkpointing.decode_bytes(metadata["tokenizer"]))
+  tokenizer = tokenizer_lib.from_bytes(checkpointing.decode_bytes(metadata["tokenizer"]))
   return Loaded(trained, setup.model, state.params, tokenizer, step, setup.mesh)
 
 
-def _file_eval_set(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> inputs.EvalSet:
+def _file_eval_set(config: ml_collections.ConfigDict, tokenizer: TokenizerBase) -> inputs.EvalSet:
   """A pair of line-aligned files as an evaluation set."""
   sources = list(read_lines(config.eval.source_file))
   references = list(read_lines(config.eval.reference_file))
@@ -185,7 +186,7 @@ def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
   for number, lines in enumerate(line_batches(read_lines(input_path), batch_size,
                                               input_available(input_path))):
     encoded = [_truncated(ids, max_source, count + row + 1)
-               for row, ids in enumerate(loaded.tokenizer.encode(lines))]
+               for row, ids in enumerate(loaded.tokenizer.encode(lines, "source"))]
     width = pipeline.bucket_length(max(len(ids) for ids in encoded), max_source)
     batch = np.zeros((batch_size, width), np.int32)
     for row, ids in enumerate(encoded):
@@ -275,14 +276,15 @@ def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: st
   loaded = load(config, directory or checkpoint_dir(workdir))
   model = Transformer(loaded.model.config.replace(attention_kernel="xla"))  # sows the weights
   tokenizer = loaded.tokenizer
-  source = np.asarray(tokenizer.encode([sentence]), np.int32)
+  source = np.asarray(tokenizer.encode([sentence], "source"), np.int32)
   ids, _ = inference.translate_ids(model, loaded.params, source, inference.DecodeOptions.from_config(loaded.config.decode))
   target = np.asarray(ids)[0, 0]
   target = target[:int(np.argmax(target == EOS_ID)) + 1] if EOS_ID in target else target
   _, variables = model.apply({"params": loaded.params}, source, target[None],
                              mutable=["intermediates"])
   weights = attention_weights(variables["intermediates"])
-  source_pieces, target_pieces = tokenizer.pieces(source[0]), tokenizer.pieces(target)
+  source_pieces = tokenizer.pieces(source[0], "source")
+  target_pieces = tokenizer.pieces(target, "target")
   decoder_inputs = ["<s>"] + target_pieces[:-1]
   labels = {"encoder_self_attention": (source_pieces, source_pieces),
             "decoder_self_attention": (decoder_inputs, decoder_inputs),

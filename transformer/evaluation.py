@@ -14,7 +14,7 @@ import sacrebleu
 
 from transformer import bleu_styles, inference, sharding
 from transformer.data.inputs import EvalSet
-from transformer.data.tokenizer import Tokenizer
+from transformer.data.tokenizer import TokenizerBase
 from transformer.model import Transformer
 
 def score(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
@@ -44,7 +44,7 @@ def _corpus_score(metric: Any, hypotheses: Sequence[str], references: Sequence[s
 
 
 def translate_eval_set(model: Transformer, params: Any, evaluation: EvalSet,
-                       tokenizer: Tokenizer, options: inference.DecodeOptions, mesh
+                       tokenizer: TokenizerBase, options: inference.DecodeOptions, mesh
                        ) -> tuple[list[str], list[list[tuple[str, float]]]]:
   """Hypotheses in split order, and each sentence's n-best list (text, score)."""
   hypotheses = [""] * len(evaluation.sources)

@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tensorflow as tf
 from absl import logging
@@ -31,7 +30,7 @@ from transformer import (checkpointing, compilation_cache, evaluation, flops, gu
                          provenance, sharding, training)
 from transformer import config as model_config_lib
 from transformer.data import datasets, inputs
-from transformer.data.tokenizer import Tokenizer
+from transformer.data.tokenizer import TokenizerBase
 from transformer.model import Transformer
 
 # Dense bf16 peak FLOP/s per device, for MFU (public spec sheets).
@@ -216,7 +215,7 @@ def evaluate(eval_step, params: Any, evaluation: inputs.EvalSet, mesh: Mesh) -> 
 
 
 def bleu_metrics(setup: Setup, config: ml_collections.ConfigDict, params: Any,
-                 evaluation_set: inputs.EvalSet, tokenizer: Tokenizer) -> dict[str, Any]:
+                 evaluation_set: inputs.EvalSet, tokenizer: TokenizerBase) -> dict[str, Any]:
   """sacreBLEU and chrF of the configured decoding (beam search by default) on a split."""
   options = inference.DecodeOptions.from_config(config.decode)
   hypotheses, _ = evaluation.translate_eval_set(setup.model, params, evaluation_set, tokenizer,
@@ -235,7 +234,7 @@ def prepare_inputs(config: ml_collections.ConfigDict, workdir: str):
   return builder, inputs.get_tokenizer(builder, config, workdir)
 
 
-def checkpoint_metadata(config: ml_collections.ConfigDict, tokenizer: Tokenizer) -> dict:
+def checkpoint_metadata(config: ml_collections.ConfigDict, tokenizer: TokenizerBase) -> dict:
   """The config, tokenizer and provenance (commit, versions, devices, seed) of every checkpoint."""
   return {"config": json.loads(config.to_json_best_effort()),
           "tokenizer": checkpointing.encode_bytes(tokenizer.model_proto),

@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
       byte_fallback=False,  # unknown characters as UTF-8 bytes (needs vocab_size >= 259)
       normalization="nmt_nfkc",  # SentencePiece rule; identity keeps full-width punctuation
       han_characters="merge",  # merge: multi-character Chinese pieces | single: one per character
+      # joint: one vocabulary for both languages (the paper) | separate: a source and a target
+      # model, vocab_size ids together, in one id space (shared embeddings then hold both)
+      vocabularies="joint",
   ))
 
   config.train = ml_collections.ConfigDict(dict(

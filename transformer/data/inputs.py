@@ -24,20 +24,22 @@ class EvalSet:
 
 
 def get_tokenizer(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
-                  workdir: str) -> tokenizer_lib.Tokenizer:
-  """The workdir's SentencePiece model, trained on a capped sample of the train split if absent."""
+                  workdir: str) -> tokenizer_lib.TokenizerBase:
+  """The workdir's SentencePiece model(s), trained on a capped sample of the train split if absent."""
   train = datasets.load_split(builder, config.data, config.data.train_split)
   return tokenizer_lib.load_or_train(
-      workdir, pipeline.texts_for_tokenizer(train, config.tokenizer.sample_size),
+      workdir,
+      lambda features: pipeline.texts_for_tokenizer(train, config.tokenizer.sample_size, features),
       vocab_size=config.tokenizer.vocab_size, model_type=config.tokenizer.model_type,
       character_coverage=config.tokenizer.character_coverage,
       byte_fallback=config.tokenizer.byte_fallback,
       normalization=config.tokenizer.normalization,
-      han_characters=config.tokenizer.han_characters)
+      han_characters=config.tokenizer.han_characters,
+      vocabularies=config.tokenizer.vocabularies)
 
 
 def train_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
-                  tokenizer: tokenizer_lib.Tokenizer, process_index: int = 0,
+                  tokenizer: tokenizer_lib.TokenizerBase, process_index: int = 0,
                   process_count: int = 1) -> tf.data.Dataset:
   """This process's endless stream of packed training batches (`batch_size` is per process)."""
   data = config.data
@@ -52,7 +54,7 @@ def train_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.Conf
 
 
 def eval_set(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
-             tokenizer: tokenizer_lib.Tokenizer, split: str, process_index: int = 0,
+             tokenizer: tokenizer_lib.TokenizerBase, split: str, process_index: int = 0,
              process_count: int = 1, max_examples: int | None = None) -> EvalSet:
   """This process's share of `split` in length-sorted batches, the same count on every process."""
   data = config.data

@@ -13,24 +13,31 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from transformer.data.tokenizer import EOS_ID, Tokenizer
+from transformer.data.tokenizer import EOS_ID, TokenizerBase
 
 FEATURES = ("inputs", "targets")
 _TOKENIZE_BATCH = 256
 
 
-def texts_for_tokenizer(dataset: tf.data.Dataset, max_sentences: int) -> Iterator[str]:
-  """Source and target sentences of the first `max_sentences` pairs (the tokenizer's sample)."""
+def texts_for_tokenizer(dataset: tf.data.Dataset, max_sentences: int,
+                        features: tuple[str, ...] = FEATURES) -> Iterator[str]:
+  """The `features` sentences (source, target or both) of the first `max_sentences` pairs (the
+  tokenizer's sample)."""
   for example in dataset.take(max_sentences).as_numpy_iterator():
-    for feature in FEATURES:
+    for feature in features:
       yield example[feature].decode("utf-8")
 
 
-def tokenize(dataset: tf.data.Dataset, tokenizer: Tokenizer) -> tf.data.Dataset:
+def side(feature: str) -> str:
+  """The tokenizer side of a feature: inputs are the source, targets the target."""
+  return "source" if feature == "inputs" else "target"
+
+
+def tokenize(dataset: tf.data.Dataset, tokenizer: TokenizerBase) -> tf.data.Dataset:
   """Strings -> int32 token ids ending with EOS, batched through SentencePiece for speed."""
 
   def encode(batch):
-    return {key: tokenizer.tf_encode_batch(value) if key in FEATURES else value
+    return {key: tokenizer.tf_encode_batch(value, side(key)) if key in FEATURES else value
             for key, value in batch.items()}
 
   return (dataset.batch(_TOKENIZE_BATCH)
@@ -100,7 +107,7 @@ def pack(dataset: tf.data.Dataset, length: int, bins: int = 16,
           .map(lambda emit, row: row))
 
 
-def training_dataset(dataset: tf.data.Dataset, tokenizer: Tokenizer, *, max_length: int,
+def training_dataset(dataset: tf.data.Dataset, tokenizer: TokenizerBase, *, max_length: int,
                      packed_length: int, batch_size: int, shuffle_buffer: int,
                      seed: int, packed_inputs_length: int = 0) -> tf.data.Dataset:
   """An endless, seeded stream of packed batches `[batch_size, packed_length]`.
@@ -136,7 +143,7 @@ def _truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
   return np.append(ids[:max_length - 1], EOS_ID).astype(ids.dtype)
 
 
-def evaluation_batches(dataset: tf.data.Dataset, tokenizer: Tokenizer, *, batch_size: int,
+def evaluation_batches(dataset: tf.data.Dataset, tokenizer: TokenizerBase, *, batch_size: int,
                        max_length: int, num_batches: int | None = None
                        ) -> tuple[list[dict[str, np.ndarray]], list[str], list[str]]:
   """Every example of a (small) split, in length-sorted, padded batches; none is dropped.
@@ -152,7 +159,8 @@ def evaluation_batches(dataset: tf.data.Dataset, tokenizer: Tokenizer, *, batch_
     references += [text.decode("utf-8") for text in batch["targets"]]
     for feature in FEATURES:
       encoded[feature] += [np.asarray(ids, np.int32) for ids in
-                           tokenizer.encode([text.decode("utf-8") for text in batch[feature]])]
+                           tokenizer.encode([text.decode("utf-8") for text in batch[feature]],
+                                            side(feature))]
   order = sorted(range(len(sources)),
                  key=lambda i: (len(encoded["inputs"][i]), len(encoded["targets"][i])))
   batches = []

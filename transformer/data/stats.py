@@ -11,13 +11,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from transformer.data import corpus, datasets, pipeline
-from transformer.data.tokenizer import Tokenizer
+from transformer.data.tokenizer import TokenizerBase
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
-def token_lengths(dataset: tf.data.Dataset, tokenizer: Tokenizer) -> dict[str, np.ndarray]:
+def token_lengths(dataset: tf.data.Dataset, tokenizer: TokenizerBase) -> dict[str, np.ndarray]:
   """Tokens per sentence (EOS included) of each side."""
   lengths = {feature: [] for feature in pipeline.FEATURES}
   for example in pipeline.tokenize(dataset, tokenizer).as_numpy_iterator():
@@ -26,7 +26,7 @@ def token_lengths(dataset: tf.data.Dataset, tokenizer: Tokenizer) -> dict[str, n
   return {feature: np.asarray(values) for feature, values in lengths.items()}
 
 
-def packing_efficiency(dataset: tf.data.Dataset, tokenizer: Tokenizer, max_length: int,
+def packing_efficiency(dataset: tf.data.Dataset, tokenizer: TokenizerBase, max_length: int,
                        packed_length: int, packed_inputs_length: int = 0) -> dict[str, float]:
   """Non-pad fraction of packed rows over one pass of the split, per side."""
   kept = pipeline.tokenize(dataset, tokenizer).filter(
@@ -41,7 +41,7 @@ def packing_efficiency(dataset: tf.data.Dataset, tokenizer: Tokenizer, max_lengt
 
 
 def split_table(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict,
-                tokenizer: Tokenizer) -> tuple[list[dict[str, object]], dict[str, dict]]:
+                tokenizer: TokenizerBase) -> tuple[list[dict[str, object]], dict[str, dict]]:
   """One row of statistics per split, and the length arrays for plotting."""
   rows, all_lengths = [], {}
   dropped = (builder.info.metadata or {}).get("dropped", {})  # parallel_text records these
@@ -78,7 +78,7 @@ def plot_lengths(all_lengths: dict[str, dict], path: str) -> None:
 
 
 def report(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
-           tokenizer: Tokenizer, output_dir: str) -> str:
+           tokenizer: TokenizerBase, output_dir: str) -> str:
   """Markdown statistics of every split plus packing efficiency; writes `lengths.png`."""
   data = config.data
   rows, all_lengths = split_table(builder, data, tokenizer)

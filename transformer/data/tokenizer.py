@@ -1,6 +1,8 @@
 """SentencePiece subwords: trained on the training split only, stored in the workdir, reused.
 
 Ids: 0 padding (also the decoder's start symbol), 1 end of sentence, 2 unknown.
+One joint vocabulary for both languages (the paper's), or separate source and target
+vocabularies in one id space (`SplitTokenizer`, `config.tokenizer.vocabularies=separate`).
 """
 
 from __future__ import annotations
@@ -9,28 +11,44 @@ import collections
 import io
 import itertools
 import os
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+NUM_SPECIAL = 3
 MODEL_FILE = "sentencepiece.model"
+SIDES = ("source", "target")
+VOCABULARIES = ("joint", "separate")
+_SPLIT_MAGIC = b"transformer:separate-vocabularies:"
 
 
-class Tokenizer:
-  """Text <-> token ids with a trained SentencePiece model."""
+class TokenizerBase:
+  """What the pipeline, decoding and checkpoints use: `encode(texts, side)`, `decode(ids)`,
+  `pieces(ids, side)`, `vocab_size`, `model_proto`; batched encoding for tf.data and saving."""
 
-  def __init__(self, model_proto: bytes):
-    self.model_proto = model_proto
-    self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+  model_proto: bytes
 
-  @classmethod
-  def load(cls, path: str) -> "Tokenizer":
-    """Reads a `.model` file (local or gs://)."""
-    with tf.io.gfile.GFile(path, "rb") as handle:
-      return cls(handle.read())
+  def encode(self, texts: Sequence[str], side: str = "target") -> list[list[int]]:
+    """Token ids of each text, each ending with EOS."""
+    raise NotImplementedError
+
+  def tf_encode_batch(self, texts: tf.Tensor, side: str = "target") -> tf.RaggedTensor:
+    """A tf.data-friendly batched encode: `[N]` strings -> ragged `[N, None]` int32 ids."""
+
+    def encode_numpy(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+      encoded = self.encode([text.decode("utf-8") for text in batch], side)
+      lengths = np.array([len(ids) for ids in encoded], np.int64)
+      values = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))
+      return values, lengths
+
+    values, lengths = tf.numpy_function(encode_numpy, [texts], (tf.int32, tf.int64),
+                                        stateful=False)
+    values.set_shape([None])
+    lengths.set_shape([None])
+    return tf.RaggedTensor.from_row_lengths(values, lengths)
 
   def save(self, path: str) -> None:
     """Writes the model file atomically (temporary file, then rename)."""
@@ -39,13 +57,21 @@ class Tokenizer:
       handle.write(self.model_proto)
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
+
+class Tokenizer(TokenizerBase):
+  """Text <-> token ids with one SentencePiece model (both sides share it)."""
+
+  def __init__(self, model_proto: bytes):
+    self.model_proto = model_proto
+    self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+
   @property
   def vocab_size(self) -> int:
     """Number of ids, special ones included."""
     return self.processor.get_piece_size()
 
-  def encode(self, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, each ending with EOS."""
+  def encode(self, texts: Sequence[str], side: str = "target") -> list[list[int]]:
+    """Token ids of each text, each ending with EOS (`side` matters to `SplitTokenizer` only)."""
     return [ids + [EOS_ID] for ids in self.processor.encode(list(texts))]
 
   def decode(self, ids: Iterable[int]) -> str:
@@ -59,24 +85,69 @@ class Tokenizer:
         kept.append(token)
     return self.processor.decode(kept)
 
-  def pieces(self, ids: Iterable[int]) -> list[str]:
+  def pieces(self, ids: Iterable[int], side: str = "target") -> list[str]:
     """The subword strings of the ids (for attention maps)."""
     return [self.processor.id_to_piece(int(token)) for token in ids]
 
-  def tf_encode_batch(self, texts: tf.Tensor) -> tf.RaggedTensor:
-    """A tf.data-friendly batched encode: `[N]` strings -> ragged `[N, None]` int32 ids."""
 
-    def encode_numpy(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-      encoded = self.encode([text.decode("utf-8") for text in batch])
-      lengths = np.array([len(ids) for ids in encoded], np.int64)
-      values = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))
-      return values, lengths
+class SplitTokenizer(TokenizerBase):
+  """Separate source and target SentencePiece models in one id space: the special ids are
+  shared, source pieces keep their ids, target pieces follow them (shifted by the source size
+  less the specials). The model's embedding rows of the two languages are then disjoint."""
 
-    values, lengths = tf.numpy_function(encode_numpy, [texts], (tf.int32, tf.int64),
-                                        stateful=False)
-    values.set_shape([None])
-    lengths.set_shape([None])
-    return tf.RaggedTensor.from_row_lengths(values, lengths)
+  def __init__(self, source: Tokenizer, target: Tokenizer):
+    self.source, self.target = source, target
+    self.offset = source.vocab_size - NUM_SPECIAL
+
+  @property
+  def model_proto(self) -> bytes:
+    """Both models in one blob (what checkpoints and the workdir's model file hold)."""
+    source = self.source.model_proto
+    return _SPLIT_MAGIC + len(source).to_bytes(8, "big") + source + self.target.model_proto
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids: both vocabularies, the special ids once."""
+    return self.offset + self.target.vocab_size
+
+  def encode(self, texts: Sequence[str], side: str = "target") -> list[list[int]]:
+    """Token ids of each text of `side` (source or target), each ending with EOS."""
+    if side == "source":
+      return self.source.encode(texts)
+    return [[self._shift(token) for token in ids] for ids in self.target.encode(texts)]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Target text of the ids up to the first EOS (a source-side id reads as unknown)."""
+    return self.target.decode(self._unshift(int(token)) for token in ids)
+
+  def pieces(self, ids: Iterable[int], side: str = "target") -> list[str]:
+    """The subword strings of the ids of `side` (for attention maps)."""
+    if side == "source":
+      return self.source.pieces(ids)
+    return self.target.pieces(self._unshift(int(token)) for token in ids)
+
+  def _shift(self, token: int) -> int:
+    return token if token < NUM_SPECIAL else token + self.offset
+
+  def _unshift(self, token: int) -> int:
+    if token < NUM_SPECIAL:
+      return token
+    return token - self.offset if token >= self.source.vocab_size else UNK_ID
+
+
+def from_bytes(blob: bytes) -> TokenizerBase:
+  """The tokenizer a model file or checkpoint holds (joint, or split into source and target)."""
+  if not blob.startswith(_SPLIT_MAGIC):
+    return Tokenizer(blob)
+  start = len(_SPLIT_MAGIC) + 8
+  length = int.from_bytes(blob[len(_SPLIT_MAGIC):start], "big")
+  return SplitTokenizer(Tokenizer(blob[start:start + length]), Tokenizer(blob[start + length:]))
+
+
+def load(path: str) -> TokenizerBase:
+  """Reads a model file (local or gs://)."""
+  with tf.io.gfile.GFile(path, "rb") as handle:
+    return from_bytes(handle.read())
 
 
 HAN_MODES = ("merge", "single")
@@ -125,15 +196,37 @@ def train(texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
   return Tokenizer(model.getvalue())
 
 
-def load_or_train(workdir: str, texts: Iterable[str], vocab_size: int, model_type: str,
-                  character_coverage: float, byte_fallback: bool = False,
-                  normalization: str = "nmt_nfkc", han_characters: str = "merge") -> Tokenizer:
-  """The workdir's tokenizer if there is one, else a new one trained on `texts` and saved there."""
+def train_split(source_texts: Iterable[str], target_texts: Iterable[str], vocab_size: int,
+                **options) -> SplitTokenizer:
+  """Separate source and target models, ~`vocab_size` ids together (half each); `options` as
+  for `train`, applied to both."""
+  source_size = (vocab_size + NUM_SPECIAL) // 2
+  return SplitTokenizer(train(source_texts, source_size, **options),
+                        train(target_texts, vocab_size + NUM_SPECIAL - source_size, **options))
+
+
+def load_or_train(workdir: str, texts: Callable[[tuple[str, ...]], Iterable[str]],
+                  vocab_size: int, model_type: str, character_coverage: float,
+                  byte_fallback: bool = False, normalization: str = "nmt_nfkc",
+                  han_characters: str = "merge", vocabularies: str = "joint"
+                  ) -> TokenizerBase:
+  """The workdir's tokenizer if there is one, else a new one trained and saved there.
+
+  `texts(features)` gives the sample's sentences of those features ("inputs", "targets").
+  """
   path = os.path.join(workdir, MODEL_FILE)
   if tf.io.gfile.exists(path):
-    return Tokenizer.load(path)
-  tokenizer = train(texts, vocab_size, model_type, character_coverage, byte_fallback,
-                    normalization, han_characters)
+    return load(path)
+  if vocabularies not in VOCABULARIES:
+    raise ValueError(f"config.tokenizer.vocabularies must be one of {', '.join(VOCABULARIES)}; "
+                     f"got {vocabularies!r}")
+  options = dict(model_type=model_type, character_coverage=character_coverage,
+                 byte_fallback=byte_fallback, normalization=normalization,
+                 han_characters=han_characters)
+  if vocabularies == "separate":
+    tokenizer = train_split(texts(("inputs",)), texts(("targets",)), vocab_size, **options)
+  else:
+    tokenizer = train(texts(("inputs", "targets")), vocab_size, **options)
   tf.io.gfile.makedirs(workdir)
   tokenizer.save(path)
   return tokenizer
