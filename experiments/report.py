@@ -3,7 +3,8 @@
     python -m experiments.report --root=DIR [--output=DIR]
 
 Reads `ROOT/results.jsonl` (and each point's `metrics.jsonl` for the curves); writes
-`report.md`, `bleu_vs_params.png` and `validation_curves.png`.
+`report.md`, `bleu_vs_params.png`, `validation_curves.png` and `bleu_curves.png` (validation
+BLEU against steps, for points that measure it during training).
 """
 
 from __future__ import annotations
@@ -140,10 +141,12 @@ def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str) -> None:
   plt.close(figure)
 
 
-def plot_curves(root: str, rows: list[dict[str, Any]], path: str) -> None:
-  """Validation perplexity against training step for every variant."""
+def plot_curves(root: str, rows: list[dict[str, Any]], path: str,
+                metric: str = "eval_perplexity") -> list[str]:
+  """A validation metric (perplexity, or BLEU where the points measured it during training)
+  against training step for every variant; returns the points drawn."""
   figure, axis = plt.subplots(figsize=(7, 4.5))
-  plotted = False
+  plotted = []
   colors = plt.get_cmap("tab20").colors  # 19 variants: the default 10-colour cycle repeats
   for index, row in enumerate(rows):
     metrics = os.path.join(root, row["point"], "metrics.jsonl")
@@ -151,20 +154,23 @@ def plot_curves(root: str, rows: list[dict[str, Any]], path: str) -> None:
       continue
     with tf.io.gfile.GFile(metrics) as handle:
       points = [json.loads(line) for line in handle]
-    curve = sorted((p["step"], p["eval_perplexity"]) for p in points if "eval_perplexity" in p)
+    curve = sorted((p["step"], p[metric]) for p in points if p.get(metric) is not None)
     if curve:
       axis.plot(*zip(*curve), label=row["point"], color=colors[index % len(colors)],
                 linestyle=("-", "--")[index // len(colors) % 2],
                 linewidth=2 if row["point"] == "base" else 1)
-      plotted = True
+      plotted.append(row["point"])
   axis.set_xlabel("step")
-  axis.set_ylabel("validation perplexity")
+  axis.set_ylabel({"eval_perplexity": "validation perplexity",
+                   "eval_bleu": "validation BLEU (subset, beam 4)"}.get(metric, metric))
   if plotted:
-    axis.set_yscale("log")
+    if metric == "eval_perplexity":
+      axis.set_yscale("log")
     axis.legend(fontsize=6, ncol=2)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
+  return plotted
 
 
 def table_order(point: str) -> tuple[Any, ...]:
@@ -182,6 +188,7 @@ def write_report(root: str, output: str | None = None) -> str:
   rows = sorted(read_results(root), key=lambda row: table_order(row["point"]))
   plot_bleu_vs_params(rows, os.path.join(output, "bleu_vs_params.png"))
   plot_curves(root, rows, os.path.join(output, "validation_curves.png"))
+  plot_curves(root, rows, os.path.join(output, "bleu_curves.png"), metric="eval_bleu")
   path = os.path.join(output, "report.md")
   averaged = any(row.get("final_eval") for row in rows)
   notes = ["BLEU (dev): " + ("the averaged checkpoint decoded on the whole validation split "
@@ -194,7 +201,8 @@ def write_report(root: str, output: str | None = None) -> str:
     handle.write("# Sweep results\n\n" + markdown_table(rows) + "\n\n"
                  + "".join(f"{note}.\n\n" for note in notes) +
                  "![BLEU against parameters](bleu_vs_params.png)\n\n"
-                 "![Validation curves](validation_curves.png)\n")
+                 "![Validation curves](validation_curves.png)\n\n"
+                 "![Validation BLEU during training](bleu_curves.png)\n")
   return path
 
 

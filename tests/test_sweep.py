@@ -107,8 +107,20 @@ def test_report_from_fabricated_results(tmp_path):
   a_row = next(line for line in text.splitlines() if line.startswith("| A_h1"))
   assert "| 1 |" in a_row and "512" not in a_row  # only what the row changes
   assert "| 1 | 5.37 | 24.9 | -0.9 | 5.29 | 24.8 | 63.0 | 1.0 |" in a_row
-  for image in ("bleu_vs_params.png", "validation_curves.png"):
+  for image in ("bleu_vs_params.png", "validation_curves.png", "bleu_curves.png"):
     assert os.path.getsize(tmp_path / image) > 1000
+
+
+def test_bleu_curves_draw_the_points_that_measured_bleu(tmp_path):
+  for point, records in {"base": [{"step": 5, "eval_perplexity": 9.0, "eval_bleu": 1.0},
+                                  {"step": 10, "eval_perplexity": 7.0, "eval_bleu": 2.5}],
+                         "A_h1": [{"step": 10, "eval_perplexity": 8.0, "eval_bleu": None}]}.items():
+    os.makedirs(tmp_path / point)
+    with open(tmp_path / point / "metrics.jsonl", "w") as handle:
+      handle.writelines(json.dumps(r) + "\n" for r in records)
+  rows = [{"point": "base"}, {"point": "A_h1"}, {"point": "C_N2"}]  # C_N2: no metrics yet
+  assert report.plot_curves(str(tmp_path), rows, str(tmp_path / "p.png")) == ["base", "A_h1"]
+  assert report.plot_curves(str(tmp_path), rows, str(tmp_path / "b.png"), "eval_bleu") == ["base"]
 
 
 def fake_complete_training(argv, log_path):
