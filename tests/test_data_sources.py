@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments.configs import common
-from transformer.data import datasets, number_words
+from transformer.data import datasets, number_words, pipeline
 from transformer.data.corpus import DataError
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"

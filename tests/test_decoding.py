@@ -10,7 +10,6 @@ import pytest
 from transformer import config as configs
 from transformer import decoding, inference
 from transformer.data.tokenizer import EOS_ID
-from transformer.model import Transformer
 
 from helpers import init_params, random_tokens
 

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from experiments import report
-from launch import tpu, tpu_sweep, vm as vm_lib
+from launch import tpu, vm as vm_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE = os.path.join(REPO, "tests", "fake_gcloud")
