@@ -2,8 +2,10 @@
 
     python benchmarks/step_levers.py [--size base] [--shape 16x32] [--steps 3] [--rounds 3]
 
-Every variant is the project's train step (`training.train_step`'s math) with one thing changed:
-the dropout PRNG, the optimizer (optax's adam without the zero weight decay; one hand-fused
+Every variant is the project's train step as the CPU configs run it (`training.train_step`'s
+math, rbg dropout masks) with one thing changed: the dropout PRNG (JAX's default threefry),
+dropout masks from 8-bit random numbers, the Adam first moment in bfloat16 (optax's
+`mu_dtype`), the optimizer (optax's adam without the zero weight decay; one hand-fused
 tree_map Adam), the metrics computed in the step, the label-smoothed loss through a one-hot of
 the vocabulary (the old formulation), accuracy through `argmax` (the old formulation), batches
 without segment ids (padding masks only), sinusoids from a precomputed table. Prints the median
@@ -23,6 +25,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,15 +81,32 @@ def table_sinusoids(positions, d_model):
   return jnp.take(jnp.asarray(table, jnp.float32), positions, axis=0)
 
 
-def variant(size: str, shape: tuple[int, int], prng_impl: str = "threefry2x32",
+class ByteMaskDropout(nn.Dropout):
+  """Dropout whose masks compare 8-bit random numbers (a quarter of the random bits of
+  `bernoulli`'s float32 uniforms); the keep probability is rounded to a multiple of 1/256."""
+
+  @nn.compact
+  def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+    if self.rate == 0.0 or deterministic:
+      return inputs
+    rng = self.make_rng(self.rng_collection) if rng is None else rng
+    threshold = round((1.0 - self.rate) * 256)
+    keep = jax.random.bits(rng, inputs.shape, jnp.uint8) < threshold
+    return jnp.where(keep, inputs * (256 / threshold), jnp.zeros_like(inputs))
+
+
+def variant(size: str, shape: tuple[int, int], prng_impl: str = "rbg",
             optimizer: str = "project", metrics: bool = True, segments: bool = True,
             loss: Callable = losses.label_smoothed_cross_entropy,
             accuracy: Callable = losses.accuracy,
-            sinusoids: Callable = layers.sinusoidal_encoding) -> Callable[[int], float]:
+            sinusoids: Callable = layers.sinusoidal_encoding,
+            dropout: type[nn.Module] = nn.Dropout) -> Callable[[int], float]:
   """A compiled step with the given changes -> (k -> seconds for k steps)."""
   _, setup, state, batch = train_speed.jax_setup(size, prng_impl, *shape)
   chosen = {"project": setup.optimizer,
             "optax.adam": optax.adam(setup.schedule, b1=0.9, b2=0.98, eps=1e-9),
+            "bfloat16 first moment": optax.adam(setup.schedule, b1=0.9, b2=0.98, eps=1e-9,
+                                                 mu_dtype=jnp.bfloat16),
             "fused": fused_adam(setup.schedule)}[optimizer]
   state = state.replace(opt_state=chosen.init(state.params))
   if not segments:
@@ -110,18 +130,20 @@ def variant(size: str, shape: tuple[int, int], prng_impl: str = "threefry2x32",
     return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state), out
 
-  original = layers.sinusoidal_encoding
-  layers.sinusoidal_encoding = sinusoids  # read while tracing only
+  originals = layers.sinusoidal_encoding, nn.Dropout
+  layers.sinusoidal_encoding, nn.Dropout = sinusoids, dropout  # looked up while tracing only
   try:
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
   finally:
-    layers.sinusoidal_encoding = original
+    layers.sinusoidal_encoding, nn.Dropout = originals
   return train_speed.timed_runner(lambda current: compiled(current, batch), state)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "current": {},
-    "rbg dropout PRNG": {"prng_impl": "rbg"},
+    "threefry dropout PRNG (JAX's default)": {"prng_impl": "threefry2x32"},
+    "8-bit dropout masks": {"dropout": ByteMaskDropout},
+    "bfloat16 Adam first moment": {"optimizer": "bfloat16 first moment"},
     "optax.adam (no zero weight decay)": {"optimizer": "optax.adam"},
     "one fused tree_map Adam": {"optimizer": "fused"},
     "no metrics in the step": {"metrics": False},
