@@ -85,9 +85,9 @@ def test_evaluate_writes_hypotheses_and_reports_bleu(trained):
   result = commands.evaluate(config, workdir)
   assert result["step"] == 30 and result["sentences"] == 40 and result["split"] == "test"
   assert 0.0 <= result["bleu"] <= 100.0 and "tok:13a" in result["bleu_signature"]
-  hypotheses = open(os.path.join(workdir, "eval", "test.step30.beam2.hyp.txt")).read().splitlines()
+  hypotheses = open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.hyp.txt")).read().splitlines()
   assert len(hypotheses) == 40
-  saved = json.load(open(os.path.join(workdir, "eval", "test.step30.beam2.json")))
+  saved = json.load(open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.json")))
   assert saved["bleu"] == result["bleu"]
 
 
@@ -96,10 +96,10 @@ def test_one_decode_scored_in_several_styles(trained):
   config = copy.deepcopy(config)
   config.eval.extra_bleu_styles = "multi30k, paper"
   result = commands.evaluate(config, workdir)
-  hypotheses = open(os.path.join(workdir, "eval", "test.step30.beam2.hyp.txt")).read().splitlines()
+  hypotheses = open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.hyp.txt")).read().splitlines()
   config.eval.update(extra_bleu_styles="", bleu_style="multi30k")
   alone = commands.evaluate(config, workdir)  # a second decode, scored in that style only
-  assert open(os.path.join(workdir, "eval", "test.step30.beam2.multi30k.hyp.txt")
+  assert open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.multi30k.hyp.txt")
               ).read().splitlines() == hypotheses
   assert set(result["extra_bleu"]) == {"multi30k", "paper"}
   assert result["extra_bleu"]["multi30k"] == {"bleu": alone["bleu"],
@@ -127,9 +127,12 @@ def test_separate_vocabularies_train_evaluate_and_translate(tmp_path):
 
 
 def test_output_names_keep_checkpoints_and_decodings_apart():
-  decode = ml_collections.ConfigDict(dict(method="beam", beam_size=4))
-  assert commands.output_stem("test", "w/checkpoints/", 9, decode) == "test.step9.beam4"
-  assert commands.output_stem("test", "w/averaged", 9, decode) == "test.averaged.step9.beam4"
+  decode = ml_collections.ConfigDict(dict(method="beam", beam_size=4, alpha=0.6))
+  assert commands.output_stem("test", "w/checkpoints/", 9, decode) == "test.step9.beam4.alpha0.6"
+  assert commands.output_stem("test", "w/averaged", 9, decode) == \
+      "test.averaged.step9.beam4.alpha0.6"
+  decode.alpha = 1.0
+  assert commands.output_stem("test", "w/averaged", 9, decode) == "test.averaged.step9.beam4.alpha1"
   decode.method = "greedy"
   assert commands.output_stem("test", "w/checkpoints", 9, decode) == "test.step9.greedy"
   assert commands.output_stem("test", "w/averaged", 9, decode, "multi30k") == \

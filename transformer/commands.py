@@ -131,11 +131,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
 def output_stem(split: str, directory: str, step: int, decode: ml_collections.ConfigDict,
                 style: str = "sacrebleu") -> str:
   """`SPLIT[.CHECKPOINTS].stepN.DECODING[.STYLE]`: evaluations of averaged checkpoints, with
-  another decoding method or another BLEU style do not overwrite each other (CHECKPOINTS is
-  left out for `checkpoints/`, STYLE for sacrebleu)."""
+  another decoding method (beam size and alpha included) or another BLEU style do not overwrite
+  each other (CHECKPOINTS is left out for `checkpoints/`, STYLE for sacrebleu)."""
   source = os.path.basename(os.path.normpath(directory))
   tag = "" if source == "checkpoints" else f".{source}"
-  method = f"beam{decode.beam_size}" if decode.method == "beam" else decode.method
+  method = (f"beam{decode.beam_size}.alpha{decode.alpha:g}" if decode.method == "beam"
+            else decode.method)
   return f"{split}{tag}.step{step}.{method}{'' if style == 'sacrebleu' else '.' + style}"
 
 
