@@ -31,6 +31,8 @@ SCALES = {
                        "train.eval_every_steps": 150, "train.checkpoint_every_steps": 600,
                        "train.bleu_every_steps": 0, "train.bleu_max_examples": 300,
                        "train.test_at_end": False, "data.batch_size": 4,
+                       # 4 rows of 256 tokens, whatever multi30k.py's own rows are
+                       "data.packed_length": 256, "data.packed_inputs_length": 248,
                        "train.prng_impl": "rbg"}),
     "cpu_converged": dict(d_model=128, d_ff=512, layers=3, config="experiments/configs/multi30k.py",
                           fixed={"model.vocab_size": 4000, "tokenizer.vocab_size": 4000,
@@ -44,6 +46,8 @@ SCALES = {
                                  "train.bleu_every_steps": 500,
                                  "train.bleu_max_examples": 300,
                                  "train.test_at_end": False, "data.batch_size": 4,
+                                 "data.packed_length": 256,
+                                 "data.packed_inputs_length": 248,
                                  "train.prng_impl": "rbg"},
                           # Sec. 6.1: average the last checkpoints, then beam 4 on all of val.
                           finish=[["--mode=average", "--config.eval.num_average=5"],
