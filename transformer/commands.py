@@ -114,9 +114,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
                             config.eval.bleu_style)
   if extra_styles:  # the same hypotheses scored in other styles: one decode for all of them
     result["extra_bleu"] = {
-        style: {k: v for k, v in evaluation.score(
-            hypotheses, evaluation_set.references, trained.data.target_lang, style).items()
-            if k in ("bleu", "bleu_signature")} for style in extra_styles}
+        style: evaluation.bleu(hypotheses, evaluation_set.references, trained.data.target_lang,
+                               style) for style in extra_styles}
   result.update(step=loaded.step, split=name, sentences=len(hypotheses), checkpoint=directory,
                 decode=dict(config.decode))
   output_dir = os.path.join(workdir, "eval")

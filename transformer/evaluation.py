@@ -17,19 +17,24 @@ from transformer.data.inputs import EvalSet
 from transformer.data.tokenizer import TokenizerBase
 from transformer.model import Transformer
 
+def bleu(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
+         style: str = "sacrebleu") -> dict[str, Any]:
+  """BLEU of `style` of detokenized hypotheses and its signature (the style's recipe first)."""
+  transform, metric, recipe = bleu_styles.preparation(style, target_lang)
+  result = _corpus_score(metric, [transform(h) for h in hypotheses],
+                         [transform(r) for r in references])
+  signature = str(metric.get_signature())
+  return {"bleu": result.score,
+          "bleu_signature": signature if style == "sacrebleu" else f"{recipe}|{signature}"}
+
+
 def score(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
           style: str = "sacrebleu") -> dict[str, Any]:
   """BLEU (of `style`) and chrF of detokenized hypotheses, with sacreBLEU signatures."""
-  transform, bleu, recipe = bleu_styles.preparation(style, target_lang)
   chrf = sacrebleu.metrics.CHRF()
-  bleu_score = _corpus_score(bleu, [transform(h) for h in hypotheses],
-                             [transform(r) for r in references])
   chrf_score = _corpus_score(chrf, hypotheses, references)
-  signature = str(bleu.get_signature())
-  return {"bleu": bleu_score.score,
-          "bleu_signature": signature if style == "sacrebleu" else f"{recipe}|{signature}",
-          "bleu_style": style, "chrf": chrf_score.score,
-          "chrf_signature": str(chrf.get_signature())}
+  return {**bleu(hypotheses, references, target_lang, style), "bleu_style": style,
+          "chrf": chrf_score.score, "chrf_signature": str(chrf.get_signature())}
 
 
 def _corpus_score(metric: Any, hypotheses: Sequence[str], references: Sequence[str]) -> Any:
