@@ -14,7 +14,8 @@ test_2017_flickr, and each averaged beam decode scored in the literature's BLEU 
 the same hypotheses). Writes
 `benchmarks/results/quality_TASK.json`, a markdown table on stdout and the learning curves
 (losses, and validation BLEU when the config measures it) `benchmarks/results/quality_TASK.png`.
-Extra `--config.KEY=VALUE` flags go to every phase.
+Extra `--config.KEY=VALUE` flags go to every phase. `--tune_only` probes a recipe: training and
+the validation decodes only (test is not read), into `benchmarks/results/tuning/`.
 """
 
 from __future__ import annotations
@@ -170,10 +171,29 @@ def tune_on_validation(common: list[str], workdir: str, split: str) -> list[dict
       result = evaluate(common, workdir, directory,
                         [*BEAM, f"--config.decode.alpha={alpha}", f"--config.eval.split={split}"])
       grid.append({"num_average": count, "directory": directory, "alpha": alpha,
-                   "val_bleu": result["bleu"], "val_sentences": result["sentences"]})
+                   "val_bleu": result["bleu"], "val_sentences": result["sentences"],
+                   "outputs": result["outputs"]})
       print(f"validation: average of {count}, alpha {alpha}: BLEU {result['bleu']:.2f}",
             flush=True)
   return sorted(grid, key=lambda g: -g["val_bleu"])
+
+
+def write_probe(task: str, workdir: str, flags: list[str], grid: list[dict[str, Any]],
+                timing: dict[str, float], greedy: dict[str, Any]) -> None:
+  """Writes a `--tune_only` probe's validation results and prints them."""
+  records = read_metrics(workdir)
+  timing["training (steps only)"] = 60 * max(training_minutes(records).values())
+  directory = os.path.join(RESULTS, "tuning")
+  os.makedirs(directory, exist_ok=True)
+  name = os.path.basename(os.path.normpath(workdir))
+  with open(os.path.join(directory, f"{task}.{name}.json"), "w", encoding="utf-8") as out:
+    json.dump({"task": task, "workdir": name, "flags": flags, "validation_grid": grid,
+               "validation_greedy": {k: greedy[k] for k in ("bleu", "sentences", "outputs")},
+               "seconds": timing, "steps": records[-1]["step"]}, out, indent=2)
+  for row in grid:
+    print(f"| {name} | average {row['num_average']}, alpha {row['alpha']} | "
+          f"{row['val_bleu']:.2f} | loops {row['outputs']['loops']:.3f} |")
+  print(f"| {name} | greedy | {greedy['bleu']:.2f} | loops {greedy['outputs']['loops']:.3f} |")
 
 
 def main() -> None:
@@ -181,6 +201,10 @@ def main() -> None:
   parser.add_argument("--task", choices=sorted(TASKS), required=True)
   parser.add_argument("--workdir", default="", help="default runs/quality_TASK")
   parser.add_argument("--skip_training", action="store_true", help="evaluate an existing run")
+  parser.add_argument("--tune_only", action="store_true",
+                      help="a recipe probe: train and decode the validation split only (the "
+                           "grid, and greedy on its best average); the test split is not read; "
+                           "writes results/tuning/TASK.WORKDIR_NAME.json")
   args, config_flags = parser.parse_known_args()
   unknown = [flag for flag in config_flags if not flag.startswith("--config.")]
   if unknown:
@@ -196,6 +220,11 @@ def main() -> None:
   grid = tune_on_validation(common, workdir, validation_split)
   timing["averaging and tuning on validation"] = time.perf_counter() - start
   best = grid[0]
+  if args.tune_only:
+    write_probe(args.task, workdir, config_flags, grid, timing,
+                evaluate(common, workdir, best["directory"],
+                         ["--config.decode.method=greedy", f"--config.eval.split={validation_split}"]))
+    return
   chosen = [*BEAM, f"--config.decode.alpha={best['alpha']}"]
   averaged = f"average of the last {best['num_average']}"
   extra = EXTRA_STYLES.get(args.task, [])

@@ -1,6 +1,7 @@
 """Levers on our train step, each timed against the step as it is, in interleaved rounds.
 
     python benchmarks/step_levers.py [--size base] [--shape 16x32] [--steps 3] [--rounds 3]
+        [--only=8-bit,bfloat16,fused]
 
 Every variant is the project's train step as the CPU configs run it (`training.train_step`'s
 math, rbg dropout masks) with one thing changed: the dropout PRNG (JAX's default threefry),
@@ -144,6 +145,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "threefry dropout PRNG (JAX's default)": {"prng_impl": "threefry2x32"},
     "8-bit dropout masks": {"dropout": ByteMaskDropout},
     "bfloat16 Adam first moment": {"optimizer": "bfloat16 first moment"},
+    "8-bit masks + bfloat16 first moment": {"dropout": ByteMaskDropout,
+                                            "optimizer": "bfloat16 first moment"},
     "optax.adam (no zero weight decay)": {"optimizer": "optax.adam"},
     "one fused tree_map Adam": {"optimizer": "fused"},
     "no metrics in the step": {"metrics": False},
@@ -160,9 +163,15 @@ def main() -> None:
   parser.add_argument("--shape", default="16x32", choices=sorted(train_speed.SHAPES))
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--only", default="",
+                      help="comma-separated words; only variants whose name holds one of them "
+                           "(and the current step) are timed")
   args = parser.parse_args()
   shape = train_speed.SHAPES[args.shape]
-  runners = {name: variant(args.size, shape, **changes) for name, changes in VARIANTS.items()}
+  words = [word for word in args.only.split(",") if word]
+  chosen = {name: changes for name, changes in VARIANTS.items()
+            if name == "current" or not words or any(word in name for word in words)}
+  runners = {name: variant(args.size, shape, **changes) for name, changes in chosen.items()}
   times: dict[str, list[float]] = {name: [] for name in runners}
   for _ in range(args.rounds):  # interleaved: machine noise hits every variant
     for name, runner in runners.items():

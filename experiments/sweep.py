@@ -196,13 +196,24 @@ def subprocess_launcher(argv: list[str], log_path: str) -> int:
     return subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def finished(root: str) -> set[str]:
-  """Names of the points that already have a result."""
+def recorded_budgets(root: str) -> dict[str, int]:
+  """Point name -> the training steps (`train.num_steps`) of its last results row."""
   path = os.path.join(root, RESULTS)
   if not tf.io.gfile.exists(path):
-    return set()
+    return {}
   with tf.io.gfile.GFile(path) as handle:
-    return {json.loads(line)["point"] for line in handle if line.strip()}
+    rows = [json.loads(line) for line in handle if line.strip()]
+  return {row["point"]: row["config"]["train"]["num_steps"] if "config" in row else row["steps"]
+          for row in rows}
+
+
+def finished(root: str, budgets: dict[str, int] | None = None) -> set[str]:
+  """Names of the points that have a result; with `budgets` (name -> steps), only those whose
+  result was trained for that many steps (a raised budget resumes the others from their last
+  checkpoint; their new row follows the old one in results.jsonl)."""
+  recorded = recorded_budgets(root)
+  return {name for name, steps in recorded.items()
+          if budgets is None or budgets.get(name, steps) == steps}
 
 
 def append_result(root: str, row: dict[str, Any]) -> None:
@@ -248,12 +259,22 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
   configs = dict(zip((p["name"] for p in sweep["points"]), validate(sweep)))
   only = selected(sweep, only)
   tf.io.gfile.makedirs(root)
-  done = finished(root)
+  budgets = {name: config.train.num_steps for name, config in configs.items()}
+  shrunk = sorted(name for name, steps in recorded_budgets(root).items()
+                  if steps > budgets.get(name, steps))
+  if shrunk:
+    raise SweepError(f"point(s) {', '.join(shrunk)} in {root} were trained for more steps than "
+                     f"the sweep's train.num_steps; use another --root")
+  done = finished(root, budgets)
   todo = [p for p in sweep["points"]
           if p["name"] not in done and (not only or p["name"] in only)]
+  recorded = recorded_budgets(root)
   for point in sweep["points"]:
     if point["name"] in done:
       print(f"skip {point['name']}: finished", flush=True)
+    elif point["name"] in recorded and (not only or point["name"] in only):
+      print(f"extend {point['name']}: finished at {recorded[point['name']]} steps, budget now "
+            f"{budgets[point['name']]}", flush=True)
 
   def run_point(point: dict[str, Any]) -> str:
     workdir = os.path.join(root, point["name"])

@@ -67,6 +67,18 @@ def test_unknown_bleu_style_is_an_error():
     evaluation.score(["a"], ["a"], "de", "moses")
 
 
+def test_output_stats_worked_by_hand():
+  hypotheses = ["他们吃吃吃吃苹果。", "我不知道。", "you ⁇  ⁇ too", "the the the end"]
+  references = ["他们吃苹果。", "我不知道。", "you too", "the"]
+  stats = evaluation.output_stats(hypotheses, references)
+  # Loops: "吃吃吃吃" holds "吃吃" only twice; "the the the " is "the " three times.
+  assert stats["loops"] == 0.25
+  assert stats["unknown"] == 0.25
+  assert stats["over_twice_reference"] == 0.25  # 15 > 2 * 3 only (9 > 12, 12 > 14 are false)
+  assert stats["length_ratio"] == pytest.approx((9 + 5 + 12 + 15) / (6 + 5 + 7 + 3))
+  assert evaluation.output_stats(["帮我帮我帮我吗"], ["帮我吗"])["loops"] == 1.0
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained")
@@ -89,6 +101,7 @@ def test_evaluate_writes_hypotheses_and_reports_bleu(trained):
   assert len(hypotheses) == 40
   saved = json.load(open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.json")))
   assert saved["bleu"] == result["bleu"]
+  assert set(saved["outputs"]) == {"length_ratio", "loops", "unknown", "over_twice_reference"}
 
 
 def test_one_decode_scored_in_several_styles(trained):

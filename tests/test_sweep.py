@@ -81,6 +81,29 @@ def test_runner_records_results_and_skips_finished_points(tmp_path):
     sweep.run_sweep(definition, str(tmp_path), only={"nope"}, launcher=launcher)
 
 
+def test_a_raised_budget_extends_finished_points_and_a_lowered_one_is_an_error(tmp_path):
+  assert sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
+                         launcher=fake_complete_training) == ["base"]
+  longer = small_sweep([{"name": "base", "overrides": {"train.num_steps": 40}}])
+
+  def resume_to_40(argv, log_path):
+    workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as handle:
+      handle.write(json.dumps({"step": 40, "eval_perplexity": 2.0, "eval_loss": 0.5}) + "\n")
+    os.makedirs(os.path.join(workdir, "checkpoints", "40"), exist_ok=True)
+    return 0
+
+  assert sweep.run_sweep(longer, str(tmp_path), launcher=resume_to_40) == ["base"]
+  with open(os.path.join(str(tmp_path), sweep.RESULTS)) as handle:
+    steps = [json.loads(line)["steps"] for line in handle]
+  assert steps == [20, 40]  # the shorter result stays as history; the report reads the last
+  assert report.read_results(str(tmp_path))[0]["eval_perplexity"] == 2.0
+  assert sweep.run_sweep(longer, str(tmp_path), launcher=resume_to_40) == []
+  with pytest.raises(sweep.SweepError, match=r"point\(s\) base in .* more steps than the sweep"):
+    sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
+                    launcher=fake_complete_training)
+
+
 def test_failed_point_is_not_recorded(tmp_path):
   with pytest.raises(sweep.PointFailed, match="point 'base' failed"):
     sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),

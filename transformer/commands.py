@@ -117,7 +117,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
         style: evaluation.bleu(hypotheses, evaluation_set.references, trained.data.target_lang,
                                style) for style in extra_styles}
   result.update(step=loaded.step, split=name, sentences=len(hypotheses), checkpoint=directory,
-                decode=dict(config.decode))
+                decode=dict(config.decode),
+                outputs=evaluation.output_stats(hypotheses, evaluation_set.references))
   output_dir = os.path.join(workdir, "eval")
   tf.io.gfile.makedirs(output_dir)
   stem = os.path.join(output_dir, output_stem(name, directory, loaded.step, config.decode,

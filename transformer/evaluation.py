@@ -6,6 +6,7 @@ sacreBLEU signature and, for the tokenized styles, the recipe applied before it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import jax
@@ -35,6 +36,25 @@ def score(hypotheses: Sequence[str], references: Sequence[str], target_lang: str
   chrf_score = _corpus_score(chrf, hypotheses, references)
   return {**bleu(hypotheses, references, target_lang, style), "bleu_style": style,
           "chrf": chrf_score.score, "chrf_signature": str(chrf.get_signature())}
+
+
+# A piece of two or more characters repeated three or more times in a row ("吃吃吃吃吃吃",
+# "帮我帮我帮我", "the the the ").
+REPETITION_LOOP = re.compile(r"(.{2,}?)\1\1", re.DOTALL)
+UNKNOWN_SURFACE = "\u2047"  # "⁇": how SentencePiece writes the unknown id in decoded text
+
+
+def output_stats(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+  """What degenerate outputs look like in numbers: the length ratio in characters, and the
+  fractions of outputs that hold a repetition loop, an unknown token, or are over twice as long
+  as their reference."""
+  count = max(len(hypotheses), 1)
+  return {
+      "length_ratio": sum(map(len, hypotheses)) / max(sum(map(len, references)), 1),
+      "loops": sum(bool(REPETITION_LOOP.search(h)) for h in hypotheses) / count,
+      "unknown": sum(UNKNOWN_SURFACE in h for h in hypotheses) / count,
+      "over_twice_reference": sum(len(h) > 2 * len(r) for h, r in zip(hypotheses, references))
+                              / count}
 
 
 def _corpus_score(metric: Any, hypotheses: Sequence[str], references: Sequence[str]) -> Any:
