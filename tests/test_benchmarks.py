@@ -1,0 +1,45 @@
+"""The benchmarks' own arithmetic, against independent references."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+
+import step_profile  # noqa: E402
+
+
+def test_hlo_costs_count_dot_flops_like_xla_and_boundary_bytes_by_hand():
+  def two_matmuls(x, w, v):
+    return (x @ w) @ v
+
+  x, w, v = jnp.ones((16, 64)), jnp.ones((64, 32)), jnp.ones((32, 8))
+  compiled = jax.jit(two_matmuls).lower(x, w, v).compile()
+  costs = step_profile.instruction_costs(compiled.as_text())
+  total = sum(flops for flops, _ in costs.values() if flops)
+  assert total == 2 * 16 * 64 * 32 + 2 * 16 * 32 * 8
+  assert total == compiled.cost_analysis()["flops"]  # XLA's own count, matmuls only here
+  # The thunk that computes x @ w reads x and w and writes [16, 32] float32.
+  first = [c for c in costs.values() if c[0] == 2 * 16 * 64 * 32]
+  assert first and first[0][1] == 4 * (16 * 64 + 64 * 32 + 16 * 32)
+
+
+def test_hlo_costs_of_tuples_and_element_wise_ops():
+  text = """%fused (p0: f32[4,8]) -> (f32[4,8], bf16[2]) {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  ROOT %t = (f32[4,8]{1,0}, bf16[2]{0}) tuple(%p0, %p0)
+}
+
+ENTRY %main (a: f32[4,8]) -> (f32[4,8], bf16[2]) {
+  %a = f32[4,8]{1,0} parameter(0)
+  ROOT %loop_fusion = (f32[4,8]{1,0}, bf16[2]{0}) fusion(%a), kind=kLoop, calls=%fused
+}
+"""
+  costs = step_profile.instruction_costs(text)
+  assert costs["loop_fusion"] == (0.0, 4 * 32 + 2 * 2 + 4 * 32)
+  assert np.isclose(step_profile.rate({"ms_per_step": {"k": 500.0}, "gb": {"k": 2.0}}, "gb", "k"),
+                    4.0)
