@@ -121,11 +121,11 @@ def plot_learning_curve(records: list[dict[str, Any]], title: str, path: str) ->
 
 def markdown(task: str, rows: list[dict[str, Any]], timing: dict[str, float]) -> str:
   """The results table of one task."""
-  lines = [f"| {task} | split | checkpoint, decoding | BLEU | chrF | signature |",
-           "|---|---|---|---|---|---|"]
+  lines = [f"| {task} | split | checkpoint, decoding | BLEU | chrF | outputs with a loop | "
+           "signature |", "|---|---|---|---|---|---|---|"]
   for row in rows:
     lines.append(f"| | {row['split']} | {row['label']} | {row['bleu']:.2f} | {row['chrf']:.2f} | "
-                 f"`{row['bleu_signature']}` |")
+                 f"{100 * row['outputs']['loops']:.1f}% | `{row['bleu_signature']}` |")
   lines.append("")
   lines.append(" · ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items()))
   return "\n".join(lines)
@@ -241,7 +241,7 @@ def main() -> None:
   for label, directory, decode_flags in evaluations:
     result = evaluate(common, workdir, directory, decode_flags)
     rows.append({"label": label, **{k: result[k] for k in (
-        "bleu", "chrf", "bleu_signature", "step", "split", "sentences")}})
+        "bleu", "chrf", "bleu_signature", "step", "split", "sentences", "outputs")}})
     for style, scored in result.get("extra_bleu", {}).items():
       rows.append({**rows[-1], "label": f"{label}, {style} BLEU", **scored})
   timing["test evaluation"] = time.perf_counter() - start

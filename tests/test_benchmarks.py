@@ -43,3 +43,18 @@ ENTRY %main (a: f32[4,8]) -> (f32[4,8], bf16[2]) {
   assert costs["loop_fusion"] == (0.0, 4 * 32 + 2 * 2 + 4 * 32)
   assert np.isclose(step_profile.rate({"ms_per_step": {"k": 500.0}, "gb": {"k": 2.0}}, "gb", "k"),
                     4.0)
+
+
+def test_quality_training_minutes_and_average_choices():
+  import quality  # noqa: E402  (benchmarks/ on the path above)
+
+  records = [{"step": 100, "steps_per_sec": 2.0}, {"step": 100, "eval_loss": 3.0},
+             {"step": 300, "steps_per_sec": 4.0}]
+  # 100 steps at 2/s (50 s), then 200 at 4/s (50 s); evaluation records add no time.
+  assert quality.training_minutes(records) == {100: 50 / 60, 300: 100 / 60}
+  assert quality.average_choices(10) == [5, 10]
+  assert quality.average_choices(7) == [5]
+  assert quality.average_choices(3) == [5]  # always at least one choice
+  row = {"split": "val", "label": "last", "bleu": 30.0, "chrf": 50.0, "bleu_signature": "sig",
+         "outputs": {"loops": 0.125}}
+  assert "| | val | last | 30.00 | 50.00 | 12.5% | `sig` |" in quality.markdown("t", [row], {})
