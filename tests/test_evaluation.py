@@ -222,6 +222,10 @@ def test_average_writes_a_checkpoint_that_evaluates(trained):
                              rtol=1e-6)
   result = commands.evaluate(config, workdir, os.path.join(workdir, "averaged"))
   assert result["step"] == 30
+  config.eval.num_average = 2  # a second average of the same newest step replaces the first
+  assert "averaged steps [20, 30]" in commands.average(config, workdir)
+  np.testing.assert_allclose(kernel(commands.load(config, os.path.join(workdir, "averaged"))),
+                             np.mean([kernel(x) for x in loaded[1:]], axis=0), rtol=1e-6)
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])

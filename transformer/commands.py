@@ -243,8 +243,9 @@ def line_batches(lines: Iterator[str], batch_size: int, available: Callable[[], 
 def average(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Averages the parameters of the last `config.eval.num_average` checkpoints (Sec. 6.1).
 
-  Writes an ordinary checkpoint (step = the newest averaged step) under `workdir/averaged`;
-  `--checkpoint_dir=WORKDIR/averaged` evaluates or translates with it.
+  Writes an ordinary checkpoint (step = the newest averaged step) under `workdir/averaged`,
+  replacing an earlier average of the same step; `--checkpoint_dir=WORKDIR/averaged` evaluates
+  or translates with it.
   """
   directory = checkpoint_dir(workdir)
   manager = checkpointing.read_only_manager(directory)
@@ -261,6 +262,8 @@ def average(config: ml_collections.ConfigDict, workdir: str) -> str:
                                  options=ocp.CheckpointManagerOptions(create=True),
                                  item_names=(checkpointing.STATE, checkpointing.METADATA))
   metadata["averaged_steps"] = steps
+  if steps[-1] in writer.all_steps():  # an earlier average (e.g. of fewer checkpoints): replaced
+    writer.delete(steps[-1])
   writer.save(steps[-1], args=ocp.args.Composite(**{
       checkpointing.STATE: ocp.args.StandardSave(state.replace(params=averaged)),
       checkpointing.METADATA: ocp.args.JsonSave(metadata)}), force=True)
