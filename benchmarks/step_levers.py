@@ -7,8 +7,10 @@ Every variant is the project's train step as the CPU configs run it (`training.t
 math, rbg dropout masks) with one thing changed: the dropout PRNG (JAX's default threefry),
 dropout masks from 8-bit random numbers, the Adam first moment in bfloat16 (optax's
 `mu_dtype`), the optimizer (optax's adam without the zero weight decay; one hand-fused
-tree_map Adam), the metrics computed in the step, the label-smoothed loss through a one-hot of
-the vocabulary (the old formulation), accuracy through `argmax` (the old formulation), batches
+tree_map Adam; the whole update on one concatenated vector with `optax.flatten`, a few large
+element-wise loops instead of one per parameter tensor), the metrics computed in the step, the
+label-smoothed loss through a one-hot of the vocabulary (the old formulation), accuracy
+through `argmax` (the old formulation), batches
 without segment ids (padding masks only), sinusoids from a precomputed table. Prints the median
 time per step, the spread of the rounds and the speed-up against the current step; writes
 `results/step_levers_SIZE_SHAPE.json`. XLA flags are separate processes: run this script under
@@ -108,7 +110,8 @@ def variant(size: str, shape: tuple[int, int], prng_impl: str = "rbg",
             "optax.adam": optax.adam(setup.schedule, b1=0.9, b2=0.98, eps=1e-9),
             "bfloat16 first moment": optax.adam(setup.schedule, b1=0.9, b2=0.98, eps=1e-9,
                                                  mu_dtype=jnp.bfloat16),
-            "fused": fused_adam(setup.schedule)}[optimizer]
+            "fused": fused_adam(setup.schedule),
+            "flattened": optax.flatten(setup.optimizer)}[optimizer]
   state = state.replace(opt_state=chosen.init(state.params))
   if not segments:
     batch = {k: v for k, v in batch.items() if k in ("inputs", "targets")}
@@ -149,6 +152,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                             "optimizer": "bfloat16 first moment"},
     "optax.adam (no zero weight decay)": {"optimizer": "optax.adam"},
     "one fused tree_map Adam": {"optimizer": "fused"},
+    "optax.flatten: Adam over one flat vector": {"optimizer": "flattened"},
     "no metrics in the step": {"metrics": False},
     "loss through a one-hot (old)": {"loss": one_hot_loss},
     "accuracy through argmax (old)": {"accuracy": argmax_accuracy},
