@@ -13,8 +13,8 @@ label-smoothed loss through a one-hot of the vocabulary (the old formulation), a
 through `argmax` (the old formulation), batches
 without segment ids (padding masks only), sinusoids from a precomputed table. Prints the median
 time per step, the spread of the rounds and the speed-up against the current step; writes
-`results/step_levers_SIZE_SHAPE.json`. XLA flags are separate processes: run this script under
-`XLA_FLAGS=...` and compare the printed "current" rows.
+`results/step_levers_SIZE_SHAPE[_ONLY...].json`. XLA flags are separate processes: run this
+script under `XLA_FLAGS=...` and compare the printed "current" rows.
 """
 
 from __future__ import annotations
@@ -184,7 +184,8 @@ def main() -> None:
   rows = {name: {"ms": 1e3 * float(np.median(t)), "spread_ms": [1e3 * min(t), 1e3 * max(t)],
                  "speedup": current / float(np.median(t))} for name, t in times.items()}
   os.makedirs(train_speed.RESULTS, exist_ok=True)
-  path = os.path.join(train_speed.RESULTS, f"step_levers_{args.size}_{args.shape}.json")
+  suffix = "".join(f"_{word}" for word in words)  # a subset's run keeps the others' files
+  path = os.path.join(train_speed.RESULTS, f"step_levers_{args.size}_{args.shape}{suffix}.json")
   with open(path, "w") as handle:
     json.dump({"size": args.size, "shape": args.shape, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                "variants": rows}, handle, indent=2)
