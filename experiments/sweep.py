@@ -196,15 +196,19 @@ def subprocess_launcher(argv: list[str], log_path: str) -> int:
     return subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def recorded_budgets(root: str) -> dict[str, int]:
-  """Point name -> the training steps (`train.num_steps`) of its last results row."""
+def recorded_rows(root: str) -> dict[str, dict[str, Any]]:
+  """Point name -> its last results row."""
   path = os.path.join(root, RESULTS)
   if not tf.io.gfile.exists(path):
     return {}
   with tf.io.gfile.GFile(path) as handle:
-    rows = [json.loads(line) for line in handle if line.strip()]
-  return {row["point"]: row["config"]["train"]["num_steps"] if "config" in row else row["steps"]
-          for row in rows}
+    return {row["point"]: row for row in map(json.loads, filter(str.strip, handle))}
+
+
+def recorded_budgets(root: str) -> dict[str, int]:
+  """Point name -> the training steps (`train.num_steps`) of its last results row."""
+  return {name: row["config"]["train"]["num_steps"] if "config" in row else row["steps"]
+          for name, row in recorded_rows(root).items()}
 
 
 def finished(root: str, budgets: dict[str, int] | None = None) -> set[str]:
@@ -268,7 +272,7 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
   done = finished(root, budgets)
   todo = [p for p in sweep["points"]
           if p["name"] not in done and (not only or p["name"] in only)]
-  recorded = recorded_budgets(root)
+  recorded, earlier = recorded_budgets(root), recorded_rows(root)
   for point in sweep["points"]:
     if point["name"] in done:
       print(f"skip {point['name']}: finished", flush=True)
@@ -292,6 +296,9 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
                          f"see {os.path.join(workdir, 'log.txt')}")
     row = summarize(point, config, workdir, time.time() - start)
     row["attempts"] = attempt
+    if point["name"] in earlier:  # an extended point: its wall time includes the shorter run's
+      row["wall_seconds"] += earlier[point["name"]].get("wall_seconds", 0.0)
+      row["extended_from_steps"] = earlier[point["name"]]["steps"]
     if sweep.get("finish"):
       row["final_eval"] = final_evaluation(workdir)
     if point["name"] in sweep.get("reference", {}):

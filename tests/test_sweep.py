@@ -85,6 +85,10 @@ def test_a_raised_budget_extends_finished_points_and_a_lowered_one_is_an_error(t
   assert sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
                          launcher=fake_complete_training) == ["base"]
   longer = small_sweep([{"name": "base", "overrides": {"train.num_steps": 40}}])
+  path = os.path.join(str(tmp_path), sweep.RESULTS)
+  first = json.loads(open(path).read())
+  with open(path, "w") as handle:  # as if the 20-step run had taken 1,000 s
+    handle.write(json.dumps({**first, "wall_seconds": 1000.0}) + "\n")
 
   def resume_to_40(argv, log_path):
     workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
@@ -97,6 +101,9 @@ def test_a_raised_budget_extends_finished_points_and_a_lowered_one_is_an_error(t
   with open(os.path.join(str(tmp_path), sweep.RESULTS)) as handle:
     steps = [json.loads(line)["steps"] for line in handle]
   assert steps == [20, 40]  # the shorter result stays as history; the report reads the last
+  rows = [json.loads(line) for line in open(os.path.join(str(tmp_path), sweep.RESULTS))]
+  assert rows[1]["extended_from_steps"] == 20
+  assert 1000.0 <= rows[1]["wall_seconds"] < 1100.0  # both runs' time
   assert report.read_results(str(tmp_path))[0]["eval_perplexity"] == 2.0
   assert sweep.run_sweep(longer, str(tmp_path), launcher=resume_to_40) == []
   with pytest.raises(sweep.SweepError, match=r"point\(s\) base in .* more steps than the sweep"):
