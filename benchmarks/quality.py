@@ -221,9 +221,9 @@ def main() -> None:
   timing["averaging and tuning on validation"] = time.perf_counter() - start
   best = grid[0]
   if args.tune_only:
-    write_probe(args.task, workdir, config_flags, grid, timing,
-                evaluate(common, workdir, best["directory"],
-                         ["--config.decode.method=greedy", f"--config.eval.split={validation_split}"]))
+    greedy = evaluate(common, workdir, best["directory"],
+                      ["--config.decode.method=greedy", f"--config.eval.split={validation_split}"])
+    write_probe(args.task, workdir, config_flags, grid, timing, greedy)
     return
   chosen = [*BEAM, f"--config.decode.alpha={best['alpha']}"]
   averaged = f"average of the last {best['num_average']}"

@@ -9,7 +9,8 @@ metrics: whatever has no model scope) and under its kind: matrix multiplication 
 Eigen dot fusions) or element-wise. Tracing adds a fixed cost to every thunk, so the traced step
 is slower than the untraced one (both printed); the shares, not the absolute times, are the
 result. Beside each time: the matmul FLOPs and the bytes at the thunks' boundaries (from the
-compiled HLO's shapes), as GFLOP/s and GB/s over the traced time (lower bounds). Writes `results/step_profile_SIZE_SHAPE.json`.
+compiled HLO's shapes), as GFLOP/s and GB/s over the traced time (lower bounds). Writes
+`results/step_profile_SIZE_SHAPE.json`.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def breakdown(compiled, run_steps: Callable[[int], Any], steps: int) -> dict[str
   times, counts = collections.Counter(), collections.Counter()
   flops, moved = collections.Counter(), collections.Counter()
   for name, micros in thunks:
-    kind = "matmul" if name.startswith(("ynn", "xnn", "onednn")) or "dot" in name else "element-wise"
+    is_dot = name.startswith(("ynn", "xnn", "onednn")) or "dot" in name
+    kind = "matmul" if is_dot else "element-wise"
     key = f"{part_of(names.get(name, ''))} / {kind}"
     times[key] += micros / 1e3 / steps
     counts[key] += 1
