@@ -29,16 +29,11 @@ def get_config(direction: str = "zh-en") -> ml_collections.ConfigDict:
       target_lang=target_lang, carve_from="tatoeba", eval_split="validation", test_split="test",
       max_train_length=64, max_eval_length=96, packed_length=256, batch_size=4,
       eval_batch_size=64, shuffle_buffer=30_000))
-  # en->zh: every Han character its own piece. Against the merged pieces (`▁我不知道他`) it
-  # gains 9.8 validation BLEU at 2,400 steps (34.54 vs 24.75), and greedy decoding stops looping
-  # (0.5% of outputs against 12.5%): benchmarks/README.md. zh->en is not yet measured with it.
+  # Every Han character its own piece, both directions. Against the merged pieces
+  # (`▁我不知道他`), at 2,400 steps: en->zh +9.8 validation BLEU (34.54 vs 24.75) and greedy stops
+  # looping (0.5% of outputs against 12.5%); zh->en +2.1 (27.23 vs 25.16): benchmarks/README.md.
   config.tokenizer.update(dict(vocab_size=8000, sample_size=30_000, character_coverage=0.9995,
-                               normalization="identity",
-                               han_characters="single" if target_lang == "zh" else "merge"))
-  # Both directions training at once on 2 CPU cores (0.88 steps/s each): 2,400 steps, ~4.5
-  # epochs of 1,024-token batches, in ~48 minutes of wall time. 800 warm-up steps (peak 2.2e-3):
-  # en->zh stalled at the 2.8e-3 peak of 500 warm-up steps. The last 5 checkpoints (100 steps
-  # apart) are averaged. Results: benchmarks/README.md.
+                               normalization="identity", han_characters="single"))
   config.train.update(dict(num_steps=2400, warmup_steps=800, eval_every_steps=600,
                            checkpoint_every_steps=100, keep_checkpoints=5, bleu_every_steps=0,
                            best_metric="eval_bleu", best_mode="max", test_at_end=True,
