@@ -80,6 +80,11 @@ def training_minutes(records: list[dict[str, Any]]) -> dict[int, float]:
   return minutes
 
 
+def steps_only_seconds(records: list[dict[str, Any]]) -> float:
+  """Training wall seconds of the logged steps (evaluation and start-up excluded)."""
+  return 60 * max(training_minutes(records).values())
+
+
 def newest_evaluation(workdir: str) -> dict[str, Any]:
   """The result `--mode=evaluate` wrote last (`WORKDIR/eval/*.json`)."""
   directory = os.path.join(workdir, "eval")
@@ -182,7 +187,7 @@ def write_probe(task: str, workdir: str, flags: list[str], grid: list[dict[str, 
                 timing: dict[str, float], greedy: dict[str, Any]) -> None:
   """Writes a `--tune_only` probe's validation results and prints them."""
   records = read_metrics(workdir)
-  timing["training (steps only)"] = 60 * max(training_minutes(records).values())
+  timing["training (steps only)"] = steps_only_seconds(records)
   directory = os.path.join(RESULTS, "tuning")
   os.makedirs(directory, exist_ok=True)
   name = os.path.basename(os.path.normpath(workdir))
@@ -246,7 +251,7 @@ def main() -> None:
       rows.append({**rows[-1], "label": f"{label}, {style} BLEU", **scored})
   timing["test evaluation"] = time.perf_counter() - start
   records = read_metrics(workdir)
-  timing["training (steps only)"] = 60 * max(training_minutes(records).values())
+  timing["training (steps only)"] = steps_only_seconds(records)
   os.makedirs(RESULTS, exist_ok=True)
   plot_learning_curve(records, f"{args.task}: learning curve",
                       os.path.join(RESULTS, f"quality_{args.task}.png"))

@@ -149,8 +149,9 @@ def breakdown(compiled, run_steps: Callable[[int], Any], steps: int) -> dict[str
     key = f"{part_of(names.get(name, ''))} / {kind}"
     times[key] += micros / 1e3 / steps
     counts[key] += 1
-    flops[key] += costs.get(name, (0.0, 0))[0] / steps
-    moved[key] += costs.get(name, (0.0, 0))[1] / steps
+    thunk_flops, thunk_bytes = costs.get(name, (0.0, 0))
+    flops[key] += thunk_flops / steps
+    moved[key] += thunk_bytes / steps
   return {"untraced_ms": 1e3 * untraced, "traced_ms": 1e3 * traced,
           "thunks_per_step": len(thunks) // steps,
           "ms_per_step": dict(times.most_common()),

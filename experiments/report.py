@@ -19,6 +19,8 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 
+from experiments import sweep
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
@@ -36,15 +38,12 @@ def read_results(root: str) -> list[dict[str, Any]]:
   whole validation split) reports that BLEU; the BLEU measured during training stays as
   `training_bleu`.
   """
-  rows: dict[str, dict[str, Any]] = {}
-  with tf.io.gfile.GFile(os.path.join(root, "results.jsonl")) as handle:
-    for line in handle:
-      if line.strip():
-        row = json.loads(line)
-        if (row.get("final_eval") or {}).get("bleu") is not None:
-          row = {**row, "training_bleu": row.get("eval_bleu"), "eval_bleu": row["final_eval"]["bleu"]}
-        rows[row["point"]] = row
-  return list(rows.values())
+  path = os.path.join(root, sweep.RESULTS)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path}: no sweep results there (check --root)")
+  return [{**row, "training_bleu": row.get("eval_bleu"), "eval_bleu": row["final_eval"]["bleu"]}
+          if (row.get("final_eval") or {}).get("bleu") is not None else row
+          for row in sweep.recorded_rows(root).values()]
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -205,19 +205,15 @@ def recorded_rows(root: str) -> dict[str, dict[str, Any]]:
     return {row["point"]: row for row in map(json.loads, filter(str.strip, handle))}
 
 
-def recorded_budgets(root: str) -> dict[str, int]:
-  """Point name -> the training steps (`train.num_steps`) of its last results row."""
+def recorded_budgets(rows: dict[str, dict[str, Any]]) -> dict[str, int]:
+  """Point name -> the training steps (`train.num_steps`) of its results row."""
   return {name: row["config"]["train"]["num_steps"] if "config" in row else row["steps"]
-          for name, row in recorded_rows(root).items()}
+          for name, row in rows.items()}
 
 
-def finished(root: str, budgets: dict[str, int] | None = None) -> set[str]:
-  """Names of the points that have a result; with `budgets` (name -> steps), only those whose
-  result was trained for that many steps (a raised budget resumes the others from their last
-  checkpoint; their new row follows the old one in results.jsonl)."""
-  recorded = recorded_budgets(root)
-  return {name for name, steps in recorded.items()
-          if budgets is None or budgets.get(name, steps) == steps}
+def finished(root: str) -> set[str]:
+  """Names of the points that have a result (at whatever budget)."""
+  return set(recorded_rows(root))
 
 
 def append_result(root: str, row: dict[str, Any]) -> None:
@@ -264,15 +260,17 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
   only = selected(sweep, only)
   tf.io.gfile.makedirs(root)
   budgets = {name: config.train.num_steps for name, config in configs.items()}
-  shrunk = sorted(name for name, steps in recorded_budgets(root).items()
-                  if steps > budgets.get(name, steps))
+  earlier = recorded_rows(root)  # results.jsonl, read once
+  recorded = recorded_budgets(earlier)
+  shrunk = sorted(name for name, steps in recorded.items() if steps > budgets.get(name, steps))
   if shrunk:
     raise SweepError(f"point(s) {', '.join(shrunk)} in {root} were trained for more steps than "
                      f"the sweep's train.num_steps; use another --root")
-  done = finished(root, budgets)
+  # A point trained for fewer steps than its budget now resumes from its last checkpoint; its
+  # new row follows the old one in results.jsonl.
+  done = {name for name, steps in recorded.items() if budgets.get(name, steps) == steps}
   todo = [p for p in sweep["points"]
           if p["name"] not in done and (not only or p["name"] in only)]
-  recorded, earlier = recorded_budgets(root), recorded_rows(root)
   for point in sweep["points"]:
     if point["name"] in done:
       print(f"skip {point['name']}: finished", flush=True)

@@ -98,10 +98,9 @@ def test_a_raised_budget_extends_finished_points_and_a_lowered_one_is_an_error(t
     return 0
 
   assert sweep.run_sweep(longer, str(tmp_path), launcher=resume_to_40) == ["base"]
-  with open(os.path.join(str(tmp_path), sweep.RESULTS)) as handle:
-    steps = [json.loads(line)["steps"] for line in handle]
-  assert steps == [20, 40]  # the shorter result stays as history; the report reads the last
-  rows = [json.loads(line) for line in open(os.path.join(str(tmp_path), sweep.RESULTS))]
+  with open(path) as handle:
+    rows = [json.loads(line) for line in handle]
+  assert [row["steps"] for row in rows] == [20, 40]  # history kept; the report reads the last
   assert rows[1]["extended_from_steps"] == 20
   assert 1000.0 <= rows[1]["wall_seconds"] < 1100.0  # both runs' time
   assert report.read_results(str(tmp_path))[0]["eval_perplexity"] == 2.0
