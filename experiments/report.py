@@ -40,7 +40,7 @@ def read_results(root: str) -> list[dict[str, Any]]:
   """
   path = os.path.join(root, sweep.RESULTS)
   if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path}: no sweep results there (check --root)")
+    raise FileNotFoundError(f"{path}: no sweep results there")
   return [{**row, "training_bleu": row.get("eval_bleu"), "eval_bleu": row["final_eval"]["bleu"]}
           if (row.get("final_eval") or {}).get("bleu") is not None else row
           for row in sweep.recorded_rows(root).values()]
@@ -210,7 +210,10 @@ def main() -> None:
   parser.add_argument("--root", required=True)
   parser.add_argument("--output", default=None)
   args = parser.parse_args()
-  print(write_report(args.root, args.output))
+  try:
+    print(write_report(args.root, args.output))
+  except FileNotFoundError as error:  # a --root without results.jsonl: the user's mistake
+    parser.exit(2, f"error: --root: {error}\n")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from experiments import report, sweep
 from experiments.sweeps import table3
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_table3_expands_to_the_paper_rows():
@@ -141,6 +145,14 @@ def test_report_from_fabricated_results(tmp_path):
   assert "| 1 | 5.37 | 24.9 | -0.9 | 5.29 | 24.8 | 63.0 | 1.0 |" in a_row
   for image in ("bleu_vs_params.png", "validation_curves.png", "bleu_curves.png"):
     assert os.path.getsize(tmp_path / image) > 1000
+
+
+def test_report_without_results_is_a_one_line_error(tmp_path):
+  process = subprocess.run([sys.executable, "-m", "experiments.report", f"--root={tmp_path}"],
+                           cwd=REPO, capture_output=True, text=True, check=False)
+  assert process.returncode == 2 and "Traceback" not in process.stderr
+  assert process.stderr.strip() == (f"error: --root: {tmp_path / 'results.jsonl'}: "
+                                    "no sweep results there")
 
 
 def test_bleu_curves_draw_the_points_that_measured_bleu(tmp_path):
