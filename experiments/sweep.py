@@ -269,6 +269,11 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
   # A point trained for fewer steps than its budget now resumes from its last checkpoint; its
   # new row follows the old one in results.jsonl.
   done = {name for name, steps in recorded.items() if budgets.get(name, steps) == steps}
+  cooled = sorted(name for name in set(recorded) - done
+                  if earlier[name].get("config", {}).get("train", {}).get("cooldown_steps"))
+  if cooled:
+    raise SweepError(f"point(s) {', '.join(cooled)} in {root} finished a learning-rate cooldown "
+                     "(train.cooldown_steps); a larger budget needs another --root")
   todo = [p for p in sweep["points"]
           if p["name"] not in done and (not only or p["name"] in only)]
   for point in sweep["points"]:

@@ -114,6 +114,18 @@ def test_a_raised_budget_extends_finished_points_and_a_lowered_one_is_an_error(t
                     launcher=fake_complete_training)
 
 
+def test_a_cooled_down_point_is_not_extended(tmp_path):
+  cooled = small_sweep([{"name": "base", "overrides": {"train.cooldown_steps": 5}}])
+  assert sweep.run_sweep(cooled, str(tmp_path), launcher=fake_complete_training) == ["base"]
+  ran = []
+  longer = small_sweep([{"name": "base", "overrides": {"train.cooldown_steps": 5,
+                                                       "train.num_steps": 40}}])
+  with pytest.raises(sweep.SweepError, match=r"point\(s\) base in .* finished a learning-rate "
+                                             r"cooldown"):
+    sweep.run_sweep(longer, str(tmp_path), launcher=lambda argv, log: ran.append(argv) or 0)
+  assert ran == []
+
+
 def test_failed_point_is_not_recorded(tmp_path):
   with pytest.raises(sweep.PointFailed, match="point 'base' failed"):
     sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),

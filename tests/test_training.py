@@ -10,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from transformer import checkpointing, losses, run, sharding, training
@@ -27,6 +28,32 @@ def test_paper_learning_rate_matches_the_formula():
     np.testing.assert_allclose(float(schedule(count)), expected, rtol=1e-5)
   doubled = training.paper_learning_rate(512, 4000, factor=2.0)
   np.testing.assert_allclose(float(doubled(10)), 2 * float(schedule(10)), rtol=1e-6)
+
+
+def test_cooldown_scales_the_last_steps_linearly_to_zero():
+  constant = training.with_cooldown(optax.constant_schedule(2.0), num_steps=10, cooldown_steps=4)
+  rates = [float(constant(count)) for count in range(10)]  # steps 1..10
+  np.testing.assert_allclose(rates, [2.0] * 6 + [2.0 * k / 4 for k in (4, 3, 2, 1)], rtol=1e-6)
+  paper = training.paper_learning_rate(64, 5)
+  assert training.with_cooldown(paper, 10, 0) is paper
+  cooled = training.with_cooldown(paper, 10, 10)
+  np.testing.assert_allclose([float(cooled(c)) for c in range(10)],
+                             [float(paper(c)) * (10 - c) / 10 for c in range(10)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("saved, current, step, conflict", [
+    ((100, 0), (200, 0), 100, False),  # extending the paper's schedule
+    ((6000, 0), (6000, 1000), 5001, False),  # branching into a cooldown that starts after step
+    ((6000, 0), (6000, 1000), 5002, True),  # ... or that would have lowered step 5002's rate
+    ((6000, 1000), (6000, 1000), 5500, False),  # resuming the same cooldown
+    ((6000, 1000), (8000, 1000), 6000, True),  # extending a cooled-down run
+    ((6000, 1000), (8000, 1000), 5001, False),  # step 5001 still had the full rate in both
+])
+def test_cooldown_conflict(saved, current, step, conflict):
+  message = training.cooldown_conflict(saved, current, step)
+  assert bool(message) == conflict
+  if conflict:
+    assert f"at step {step}" in message and "train a new workdir" in message
 
 
 def test_optimizer_options():
@@ -269,6 +296,28 @@ def test_training_learns_and_killed_run_resumes_exactly(data_dir, tmp_path):
                              rtol=1e-6)
 
 
+def test_cooldown_run_logs_falling_rates_and_refuses_to_be_extended(data_dir, tmp_path):
+  cooled = run_main(tmp_path, data_dir, "--config.train.num_steps=10",
+                    "--config.train.cooldown_steps=4")
+  assert cooled.returncode == 0, cooled.stderr[-2000:]
+  config = tiny_config(data_dir).train
+  d_model = tiny_config(data_dir).model.d_model
+  rates = {}
+  for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "learning_rate" in record:
+      rates[record["step"]] = record["learning_rate"]
+  for step in range(1, 11):  # Sec. 5.3 times min(1, (11 - step) / 4), written out here
+    paper = (config.learning_rate_factor * d_model**-0.5
+             * min(step**-0.5, step * config.warmup_steps**-1.5))
+    np.testing.assert_allclose(rates[step], paper * min(1.0, (11 - step) / 4), rtol=1e-5)
+  extended = run_main(tmp_path, data_dir, "--config.train.num_steps=14",
+                      "--config.train.cooldown_steps=4")
+  assert extended.returncode != 0 and "Traceback" not in extended.stderr
+  assert len(extended.stderr.strip().splitlines()) == 1, extended.stderr
+  assert "the checkpoint at step 10 was trained with train.num_steps=10" in extended.stderr
+
+
 def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
   process = subprocess.Popen(main_command(tmp_path, data_dir, "--config.train.num_steps=100000"),
                              cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
@@ -354,6 +403,7 @@ def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_p
     ("--config.model.dropout_rate=-0.1", "error: ModelConfig.dropout_rate must be in [0, 1)"),
     ("--config.train.label_smoothing=1.5", "error: config.train.label_smoothing must be in [0, 1)"),
     ("--config.mesh.data=3", "error: config.mesh: data*fsdp*tensor = 3*1*1 does not match"),
+    ("--config.train.cooldown_steps=-1", "error: config.train.cooldown_steps must be in [0, "),
 ])
 def test_bad_config_is_a_one_line_error(data_dir, tmp_path, override, message):
   result = run_main(tmp_path, data_dir, override, "--mode=compile")

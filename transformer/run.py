@@ -64,6 +64,11 @@ def prng_impl(config: ml_collections.ConfigDict) -> str:
   return config.train.get("prng_impl", "threefry2x32")
 
 
+def schedule_fields(train: Any) -> tuple[int, int]:
+  """(num_steps, cooldown_steps) of a train config or a checkpoint's saved one."""
+  return train["num_steps"], train.get("cooldown_steps", 0)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first config field with an impossible value."""
   train = config.train
@@ -73,6 +78,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in _NON_NEGATIVE_TRAIN_FIELDS:
     if train[name] < 0:
       raise ValueError(f"config.train.{name} must not be negative, got {train[name]}")
+  if not 0 <= train.get("cooldown_steps", 0) <= train.num_steps:
+    raise ValueError(f"config.train.cooldown_steps must be in [0, num_steps={train.num_steps}], "
+                     f"got {train.cooldown_steps}")
   for name in ("adam_b1", "adam_b2", "label_smoothing"):
     if not 0.0 <= train[name] < 1.0:
       raise ValueError(f"config.train.{name} must be in [0, 1), got {train[name]}")
@@ -97,8 +105,10 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices,
                             config.mesh.get("dcn_data", 1))
   model = Transformer(model_config)
-  schedule = training.paper_learning_rate(model_config.d_model, config.train.warmup_steps,
-                                          config.train.learning_rate_factor)
+  schedule = training.with_cooldown(
+      training.paper_learning_rate(model_config.d_model, config.train.warmup_steps,
+                                   config.train.learning_rate_factor),
+      config.train.num_steps, config.train.get("cooldown_steps", 0))
   optimizer = training.make_optimizer(config.train, schedule)
   batch = training.dummy_batch(1, config.data.packed_length, config.data.packed_inputs_length)
   init = functools.partial(training.init_state, model, optimizer, config.seed, batch,
@@ -287,7 +297,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   write_provenance(workdir, metadata)
   latest = manager.latest_step()
   if latest is not None:
-    state, _ = checkpointing.restore(manager, latest, setup.abstract_state, train_iterator)
+    state, saved = checkpointing.restore(manager, latest, setup.abstract_state, train_iterator)
+    conflict = training.cooldown_conflict(schedule_fields(saved["config"]["train"]),
+                                          schedule_fields(config.train), latest)
+    if conflict:
+      raise ValueError(f"{workdir}: {conflict}")
     if not guards.all_finite(state.params):
       raise FloatingPointError(f"the checkpoint at step {latest} in {workdir}/checkpoints holds "
                                "NaN or infinite parameters; delete that step's directory to "

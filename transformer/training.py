@@ -46,6 +46,41 @@ def paper_learning_rate(d_model: int, warmup_steps: int, factor: float = 1.0
   return schedule
 
 
+def with_cooldown(schedule: optax.Schedule, num_steps: int, cooldown_steps: int
+                  ) -> optax.Schedule:
+  """`schedule` falling linearly to zero over the last `cooldown_steps` of `num_steps`.
+
+  Step s (from 1) is scaled by min(1, (num_steps + 1 - s) / cooldown_steps): full rate before
+  the cooldown, 1/cooldown_steps of it at the last step. 0 keeps `schedule` unchanged.
+  """
+  if cooldown_steps == 0:
+    return schedule
+
+  def cooled(count: jnp.ndarray) -> jnp.ndarray:
+    remaining = num_steps - jnp.asarray(count, jnp.float32)  # num_steps + 1 - step
+    return schedule(count) * jnp.clip(remaining / cooldown_steps, 0.0, 1.0)
+
+  return cooled
+
+
+def cooldown_conflict(saved: tuple[int, int], current: tuple[int, int], step: int) -> str:
+  """Why resuming a checkpoint at `step` would change rates it already trained with, or ''.
+
+  `saved` and `current` are (num_steps, cooldown_steps). Different budgets share their first
+  steps' rates unless a cooldown had begun by `step` (e.g. extending a cooled-down run would
+  warm the rate back up).
+  """
+  def lowered_by(schedule: tuple[int, int]) -> bool:
+    num_steps, cooldown_steps = schedule
+    return cooldown_steps > 0 and num_steps - cooldown_steps + 2 <= step
+
+  if saved == current or not (lowered_by(saved) or lowered_by(current)):
+    return ""
+  return (f"the checkpoint at step {step} was trained with train.num_steps={saved[0]}, "
+          f"train.cooldown_steps={saved[1]}; resuming it with {current[0]}, {current[1]} "
+          "changes learning rates it already cooled down with: train a new workdir")
+
+
 def make_optimizer(train: ml_collections.ConfigDict, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
   """Adam with the paper's betas/epsilon, optional clipping, weight decay and accumulation."""

@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
       num_steps=100_000,  # optimizer updates (base: 100k, big: 300k)
       warmup_steps=4000,  # Sec. 5.3
       learning_rate_factor=1.0,  # multiplies d_model^-0.5 * min(step^-0.5, step*warmup^-1.5)
+      # >0: the rate falls linearly to zero over the last N steps (not in the paper; for runs
+      # compared at a fixed budget, e.g. experiments/sweeps/table3.py:cpu_converged)
+      cooldown_steps=0,
       adam_b1=0.9,  # Sec. 5.3
       adam_b2=0.98,
       adam_eps=1e-9,
