@@ -69,6 +69,10 @@ def test_single_han_characters_are_their_own_pieces_beside_english_subwords():
   words = [w for ids in single.encode(english[:300]) for w in single.pieces(ids)]
   assert any(len(w) > 3 for w in words)  # English keeps multi-character subwords
   assert [single.decode(ids) for ids in single.encode(chinese[:300])] == chinese[:300]
+  assert not any(tokenizer_lib.UNK_ID in ids for ids in single.encode(chinese + english))
+  with pytest.raises(ValueError, match="character_coverage must be 1.0 with han_characters"):
+    tokenizer_lib.train(english, vocab_size=100, han_characters="single",
+                        character_coverage=0.9995)
   with pytest.raises(ValueError, match="han_characters must be one of merge, single"):
     tokenizer_lib.train(english, vocab_size=100, han_characters="chars")
 

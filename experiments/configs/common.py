@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=32000,  # joint SentencePiece vocabulary
       model_type="unigram",  # unigram | bpe
       sample_size=1_000_000,  # training pairs sampled to train the tokenizer
-      character_coverage=1.0,  # 0.9995 for Chinese/Japanese
+      character_coverage=1.0,  # 0.9995 for Chinese/Japanese pieces merged (han_characters=merge)
       byte_fallback=False,  # unknown characters as UTF-8 bytes (needs vocab_size >= 259)
       normalization="nmt_nfkc",  # SentencePiece rule; identity keeps full-width punctuation
       han_characters="merge",  # merge: multi-character Chinese pieces | single: one per character
