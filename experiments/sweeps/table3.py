@@ -8,8 +8,8 @@ final quality (experiments/results/README.md). `cpu_converged` trains the same p
 (6,000 steps, ~12 epochs: at 3,000 the base's validation perplexity still fell 3% per 250
 steps; a raised budget resumes finished points from their last checkpoint), averages the last 5
 checkpoints (100 steps apart; Sec. 6.1) and decodes the whole `val` split with beam 4: the
-quality each variant reaches. A campaign over several sessions (~95 minutes a point, two at a
-time); results.jsonl rows carry it as `final_eval`. Rows keep the paper's letters:
+quality each variant reaches. A campaign over several sessions (~65 minutes a point at 6,000
+steps, two at a time, with nothing else running); results.jsonl rows carry it as `final_eval`. Rows keep the paper's letters:
 (A) heads with d_k = d_v = d_model / h (constant computation), (B) smaller d_k, (C) size,
 (D) dropout and label smoothing, (E) learned positional embedding.
 """
