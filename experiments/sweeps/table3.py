@@ -10,8 +10,8 @@ steps; a raised budget resumes finished points from their last checkpoint), aver
 checkpoints (100 steps apart; Sec. 6.1) and decodes the whole `val` split with beam 4: the
 quality each variant reaches. A campaign over several sessions (~65 minutes a point at 6,000
 steps, two at a time, with nothing else running); results.jsonl rows carry it as `final_eval`.
-Rows keep the paper's letters: (A) heads with d_k = d_v = d_model / h (constant computation), (B) smaller d_k, (C) size,
-(D) dropout and label smoothing, (E) learned positional embedding.
+Rows keep the paper's letters: (A) heads with d_k = d_v = d_model / h (constant computation),
+(B) smaller d_k, (C) size, (D) dropout and label smoothing, (E) learned positional embedding.
 """
 
 from __future__ import annotations
