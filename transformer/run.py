@@ -108,7 +108,7 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,
   schedule = training.with_cooldown(
       training.paper_learning_rate(model_config.d_model, config.train.warmup_steps,
                                    config.train.learning_rate_factor),
-      config.train.num_steps, config.train.get("cooldown_steps", 0))
+      *schedule_fields(config.train))
   optimizer = training.make_optimizer(config.train, schedule)
   batch = training.dummy_batch(1, config.data.packed_length, config.data.packed_inputs_length)
   init = functools.partial(training.init_state, model, optimizer, config.seed, batch,

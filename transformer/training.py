@@ -46,6 +46,12 @@ def paper_learning_rate(d_model: int, warmup_steps: int, factor: float = 1.0
   return schedule
 
 
+def cooldown_scale(count: Any, num_steps: int, cooldown_steps: int) -> jnp.ndarray:
+  """The cooldown's factor at optax's update count (step - 1): min(1, (num_steps + 1 - step)
+  / cooldown_steps), never below 0."""
+  return jnp.clip((num_steps - count) / cooldown_steps, 0.0, 1.0)
+
+
 def with_cooldown(schedule: optax.Schedule, num_steps: int, cooldown_steps: int
                   ) -> optax.Schedule:
   """`schedule` falling linearly to zero over the last `cooldown_steps` of `num_steps`.
@@ -57,8 +63,8 @@ def with_cooldown(schedule: optax.Schedule, num_steps: int, cooldown_steps: int
     return schedule
 
   def cooled(count: jnp.ndarray) -> jnp.ndarray:
-    remaining = num_steps - jnp.asarray(count, jnp.float32)  # num_steps + 1 - step
-    return schedule(count) * jnp.clip(remaining / cooldown_steps, 0.0, 1.0)
+    count = jnp.asarray(count, jnp.float32)
+    return schedule(count) * cooldown_scale(count, num_steps, cooldown_steps)
 
   return cooled
 
@@ -70,9 +76,9 @@ def cooldown_conflict(saved: tuple[int, int], current: tuple[int, int], step: in
   steps' rates unless a cooldown had begun by `step` (e.g. extending a cooled-down run would
   warm the rate back up).
   """
-  def lowered_by(schedule: tuple[int, int]) -> bool:
+  def lowered_by(schedule: tuple[int, int]) -> bool:  # the scale only falls: test the last step
     num_steps, cooldown_steps = schedule
-    return cooldown_steps > 0 and num_steps - cooldown_steps + 2 <= step
+    return cooldown_steps > 0 and float(cooldown_scale(step - 1, num_steps, cooldown_steps)) < 1.0
 
   if saved == current or not (lowered_by(saved) or lowered_by(current)):
     return ""
