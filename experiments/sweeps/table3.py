@@ -37,7 +37,7 @@ SCALES = {
                        "train.prng_impl": "rbg"}),
     "cpu_converged": dict(d_model=128, d_ff=512, layers=3, config="experiments/configs/multi30k.py",
                           fixed={"model.vocab_size": 4000, "tokenizer.vocab_size": 4000,
-                                 "train.num_steps": 6000, "train.warmup_steps": 300,
+                                 "train.num_steps": 10000, "train.warmup_steps": 300,
                                  "train.learning_rate_factor": 0.5,
                                  "train.eval_every_steps": 250,
                                  "train.checkpoint_every_steps": 100,
