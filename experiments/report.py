@@ -1,6 +1,6 @@
 """A sweep's comparison, laid out like the paper's Table 3, plus plots.
 
-    python -m experiments.report --root=DIR [--output=DIR]
+    python -m experiments.report --root=DIR [--output=DIR] [--early_root=DIR]
 
 Reads `ROOT/results.jsonl` (and each point's `metrics.jsonl` for the curves); writes
 `report.md`, `bleu_vs_params.png`, `validation_curves.png` and `bleu_curves.png` (validation
@@ -122,19 +122,32 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str) -> None:
-  """BLEU (dev) against parameter count, one labelled point per variant."""
+def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str,
+                        early_rows: list[dict[str, Any]] | None = None) -> None:
+  """BLEU (dev) against parameter count, one labelled point per variant; with `early_rows` (the
+  same points from a shorter sweep) each variant's early BLEU too, hollow, joined to its own."""
   figure, axis = plt.subplots(figsize=(7, 4.5))
+  early = {row["point"]: row for row in aggregate(early_rows or [])
+           if row.get("eval_bleu") is not None}
   for row in aggregate(rows):
     if row.get("eval_bleu") is None:
       continue
-    axis.errorbar(row["params"] / 1e6, row["eval_bleu"], yerr=row.get("eval_bleu_std"),
-                  fmt="o", capsize=3)
-    axis.annotate(row["point"], (row["params"] / 1e6, row["eval_bleu"]), fontsize=7,
+    params = row["params"] / 1e6
+    line = axis.errorbar(params, row["eval_bleu"], yerr=row.get("eval_bleu_std"), fmt="o",
+                         capsize=3)
+    before = early.get(row["point"])
+    if before is not None:
+      color = line.lines[0].get_color()
+      axis.plot([params, params], [before["eval_bleu"], row["eval_bleu"]], color=color,
+                linewidth=0.6, alpha=0.5)
+      axis.errorbar(params, before["eval_bleu"], yerr=before.get("eval_bleu_std"), fmt="o",
+                    mfc="none", color=color, capsize=2)
+    axis.annotate(row["point"], (params, row["eval_bleu"]), fontsize=7,
                   xytext=(3, 3), textcoords="offset points")
   axis.set_xlabel("parameters (millions)")
   axis.set_ylabel("BLEU (dev)")
-  axis.set_title("Table 3 variants: BLEU against size")
+  axis.set_title("Table 3 variants: BLEU against size"
+                 + (" (hollow: the early sweep)" if early else ""))
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
@@ -178,14 +191,16 @@ def table_order(point: str) -> tuple[Any, ...]:
                              for part in re.split(r"(\d+)", point)))
 
 
-def write_report(root: str, output: str | None = None) -> str:
-  """Writes report.md and the two plots (into `output`, default the root if it is local, else
-  ./sweep_report); returns the markdown path."""
+def write_report(root: str, output: str | None = None, early_root: str | None = None) -> str:
+  """Writes report.md and the plots (into `output`, default the root if it is local, else
+  ./sweep_report); `early_root`, a shorter sweep of the same points, is drawn beside it in
+  bleu_vs_params.png. Returns the markdown path."""
   output = output or (root if "://" not in root else "sweep_report")
   os.makedirs(output, exist_ok=True)
   # Points finish in any order with --parallel: sorted back into the paper's letters.
   rows = sorted(read_results(root), key=lambda row: table_order(row["point"]))
-  plot_bleu_vs_params(rows, os.path.join(output, "bleu_vs_params.png"))
+  early_rows = read_results(early_root) if early_root else None
+  plot_bleu_vs_params(rows, os.path.join(output, "bleu_vs_params.png"), early_rows)
   plot_curves(root, rows, os.path.join(output, "validation_curves.png"))
   plot_curves(root, rows, os.path.join(output, "bleu_curves.png"), metric="eval_bleu")
   path = os.path.join(output, "report.md")
@@ -193,6 +208,9 @@ def write_report(root: str, output: str | None = None) -> str:
   notes = ["BLEU (dev): " + ("the averaged checkpoint decoded on the whole validation split "
                              "(beam 4)" if averaged else "measured during training")]
   close = points_needing_seeds(rows)
+  if early_rows:
+    notes.append(f"Hollow markers in bleu_vs_params.png: the same points in {early_root} "
+                 f"({_fmt(early_rows[0].get('steps'))} steps)")
   if close:
     notes.append(f"Within 2x base's seed spread of base, to run with more seeds: "
                  f"{', '.join(close)} (`--only={','.join(close)} --seeds=0,1,2`)")
@@ -209,11 +227,15 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--root", required=True)
   parser.add_argument("--output", default=None)
+  parser.add_argument("--early_root", default=None,
+                      help="a shorter sweep of the same points, drawn beside in bleu_vs_params.png")
   args = parser.parse_args()
   try:
-    print(write_report(args.root, args.output))
-  except FileNotFoundError as error:  # a --root without results.jsonl: the user's mistake
-    parser.exit(2, f"error: --root: {error}\n")
+    print(write_report(args.root, args.output, args.early_root))
+  except FileNotFoundError as error:  # a root without results.jsonl: the user's mistake
+    root_found = tf.io.gfile.exists(os.path.join(args.root, sweep.RESULTS))
+    flag = "--early_root" if root_found else "--root"
+    parser.exit(2, f"error: {flag}: {error}\n")
 
 
 if __name__ == "__main__":

@@ -167,6 +167,31 @@ def test_report_without_results_is_a_one_line_error(tmp_path):
                                     "no sweep results there")
 
 
+def test_report_draws_an_early_sweep_beside_and_names_a_wrong_early_root(tmp_path):
+  def write(root, bleu, steps):
+    os.makedirs(root)
+    with open(root / "results.jsonl", "w") as handle:
+      handle.writelines(json.dumps({"point": point, "overrides": {}, "params": 1_000_000,
+                                    "eval_perplexity": 5.0, "eval_bleu": value, "steps": steps,
+                                    "wall_seconds": 60.0}) + "\n" for point, value in bleu.items())
+  write(tmp_path / "long", {"base": 30.0, "A_h1": 29.0}, 6000)
+  write(tmp_path / "early", {"base": 12.0}, 600)
+  plain = report.write_report(str(tmp_path / "long"), str(tmp_path / "plain"))
+  both = report.write_report(str(tmp_path / "long"), str(tmp_path / "both"),
+                             str(tmp_path / "early"))
+  assert "Hollow markers" not in open(plain).read()
+  assert f"the same points in {tmp_path / 'early'} (600 steps)" in open(both).read()
+  assert (os.path.getsize(tmp_path / "both" / "bleu_vs_params.png")
+          != os.path.getsize(tmp_path / "plain" / "bleu_vs_params.png"))
+  process = subprocess.run([sys.executable, "-m", "experiments.report",
+                            f"--root={tmp_path / 'long'}", f"--early_root={tmp_path}",
+                            f"--output={tmp_path / 'cli'}"],
+                           cwd=REPO, capture_output=True, text=True, check=False)
+  assert process.returncode == 2 and "Traceback" not in process.stderr
+  assert process.stderr.strip() == (f"error: --early_root: {tmp_path / 'results.jsonl'}: "
+                                    "no sweep results there")
+
+
 def test_bleu_curves_draw_the_points_that_measured_bleu(tmp_path):
   for point, records in {"base": [{"step": 5, "eval_perplexity": 9.0, "eval_bleu": 1.0},
                                   {"step": 10, "eval_perplexity": 7.0, "eval_bleu": 2.5}],
