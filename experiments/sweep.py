@@ -251,6 +251,20 @@ def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir:
           "config": json.loads(config.to_json_best_effort()), **_provenance(workdir)}
 
 
+def done_line(row: dict[str, Any]) -> str:
+  """The console line of a finished point: the BLEU its report will use (the finish commands'
+  evaluation where there is one) named as such, beside the last one measured in training."""
+  def number(value: Any, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+  line = (f"done {row['point']}: dev perplexity {number(row.get('eval_perplexity'), 3)}, "
+          f"BLEU in training {number(row.get('eval_bleu'), 2)}")
+  final = row.get("final_eval")
+  if final:
+    line += (f", final BLEU {number(final.get('bleu'), 2)} ({final.get('split')}, "
+             f"{final.get('sentences')} sentences, {final.get('checkpoint')})")
+  return line
+
+
 def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
               parallel: int = 1, launcher: Launcher = subprocess_launcher, retries: int = 0,
               seeds: list[int] | None = None) -> list[str]:
@@ -308,8 +322,7 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
       row["reference"] = sweep["reference"][point["name"]]
     with lock:  # points finish concurrently with --parallel
       append_result(root, row)
-    print(f"done {point['name']}: perplexity {row['eval_perplexity']} BLEU {row['eval_bleu']}",
-          flush=True)
+    print(done_line(row), flush=True)
     return point["name"]
 
   lock = threading.Lock()

@@ -285,6 +285,12 @@ def test_finish_commands_average_and_evaluate_after_training(tmp_path):
   assert all("--config.model.d_ff=64" in call for call in calls)  # the point's own flags
   row = report.read_results(str(tmp_path))[0]
   assert row["final_eval"]["bleu"] == 31.5 and row["final_eval"]["sentences"] == 1014
+  raw = sweep.recorded_rows(str(tmp_path))["base"]
+  assert sweep.done_line(raw) == (
+      f"done base: dev perplexity {raw['eval_perplexity']:.3f}, BLEU in training "
+      f"{raw['eval_bleu']:.2f}, final BLEU 31.50 (val, 1014 sentences, {workdir}/averaged)")
+  assert sweep.done_line({"point": "x", "eval_perplexity": None, "eval_bleu": 2.0}) == (
+      "done x: dev perplexity -, BLEU in training 2.00")
 
 
 def test_a_failing_finish_command_fails_the_attempt(tmp_path):

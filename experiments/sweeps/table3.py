@@ -4,12 +4,12 @@ Three scales: `tpu` uses the paper's own sizes on WMT14 (`experiments/configs/wm
 `cpu` (default) scales widths by 1/4 and depth by 1/2 and trains 600 steps of 1,024-token
 batches a point (~1.25 epochs of Multi30k), so that the whole sweep runs in 70-80 minutes on a
 2-core CPU (`--parallel=2`): enough to rank the variants early in training, not to reach their
-final quality (experiments/results/README.md). `cpu_converged` trains the same points 10x longer
-(6,000 steps, ~12 epochs: at 3,000 the base's validation perplexity still fell 3% per 250
+final quality (experiments/results/README.md). `cpu_converged` trains the same points for
+10,000 steps (~21 epochs: where base's validation perplexity falls by less than 1% per 500
 steps; a raised budget resumes finished points from their last checkpoint), averages the last 5
 checkpoints (100 steps apart; Sec. 6.1) and decodes the whole `val` split with beam 4: the
-quality each variant reaches. A campaign over several sessions (~65 minutes a point at 6,000
-steps, two at a time, with nothing else running); results.jsonl rows carry it as `final_eval`.
+quality each variant reaches. A campaign over several sessions (~2 hours a point, two at a
+time, with nothing else running); results.jsonl rows carry it as `final_eval`.
 Rows keep the paper's letters: (A) heads with d_k = d_v = d_model / h (constant computation),
 (B) smaller d_k, (C) size, (D) dropout and label smoothing, (E) learned positional embedding.
 """
