@@ -55,6 +55,12 @@ def test_quality_training_minutes_and_average_choices():
   assert quality.average_choices(10) == [5, 10]
   assert quality.average_choices(7) == [5]
   assert quality.average_choices(3) == [5]  # always at least one choice
+  # Budget 1.0 min: step 100 (0.83 min) is within, step 300 (1.67) is not; a checkpoint at 200
+  # counts the next logged step's minutes (300), so it is not within either.
+  assert quality.budget_step(records, [100, 200, 300], 1.0) == 100
+  assert quality.budget_step(records, [200, 300], 1.0) is None  # no kept checkpoint within
+  assert quality.budget_step(records, [100, 200, 300], 100 / 60) is None  # whole run within
+  assert quality.budget_step(records, [100, 200, 300], 1.6) == 100
   row = {"split": "val", "label": "last", "bleu": 30.0, "chrf": 50.0, "bleu_signature": "sig",
          "outputs": {"loops": 0.125}}
   assert "| | val | last | 30.00 | 50.00 | 12.5% | `sig` |" in quality.markdown("t", [row], {})

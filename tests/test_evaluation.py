@@ -226,6 +226,13 @@ def test_average_writes_a_checkpoint_that_evaluates(trained):
   assert "averaged steps [20, 30]" in commands.average(config, workdir)
   np.testing.assert_allclose(kernel(commands.load(config, os.path.join(workdir, "averaged"))),
                              np.mean([kernel(x) for x in loaded[1:]], axis=0), rtol=1e-6)
+  config.eval.average_until_step = 25  # an earlier point of the run (quality.py's budget mark)
+  assert "averaged steps [10, 20]" in commands.average(config, workdir)
+  np.testing.assert_allclose(kernel(commands.load(config, os.path.join(workdir, "averaged"))),
+                             np.mean([kernel(x) for x in loaded[:2]], axis=0), rtol=1e-6)
+  config.eval.average_until_step = 5
+  with pytest.raises(FileNotFoundError, match=r"at or before step 5 \(eval.average_until_step\)"):
+    commands.average(config, workdir)
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])

@@ -241,17 +241,21 @@ def line_batches(lines: Iterator[str], batch_size: int, available: Callable[[], 
 
 
 def average(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Averages the parameters of the last `config.eval.num_average` checkpoints (Sec. 6.1).
+  """Averages the parameters of the last `config.eval.num_average` checkpoints (Sec. 6.1), those
+  at or before step `config.eval.average_until_step` when it is set (> 0).
 
   Writes an ordinary checkpoint (step = the newest averaged step) under `workdir/averaged`,
-  replacing an earlier average of the same step; `--checkpoint_dir=WORKDIR/averaged` evaluates
-  or translates with it.
+  replacing any earlier average, of any steps (the directory holds the latest one only);
+  `--checkpoint_dir=WORKDIR/averaged` evaluates or translates with it.
   """
   directory = checkpoint_dir(workdir)
   manager = checkpointing.read_only_manager(directory)
-  steps = sorted(manager.all_steps())[-config.eval.num_average:]
+  until = config.eval.average_until_step
+  steps = sorted(s for s in manager.all_steps() if until <= 0 or s <= until)
+  steps = steps[-config.eval.num_average:]
   if not steps:
-    raise FileNotFoundError(f"no checkpoint in {directory} to average")
+    at = f" at or before step {until} (eval.average_until_step)" if until > 0 else ""
+    raise FileNotFoundError(f"no checkpoint in {directory}{at} to average")
   loaded = [load(config, directory, step) for step in steps]
   averaged = jax.tree.map(lambda *p: sum(p) / len(p), *[item.params for item in loaded])
   metadata = checkpointing.restore_metadata(manager, steps[-1])
@@ -262,8 +266,8 @@ def average(config: ml_collections.ConfigDict, workdir: str) -> str:
                                  options=ocp.CheckpointManagerOptions(create=True),
                                  item_names=(checkpointing.STATE, checkpointing.METADATA))
   metadata["averaged_steps"] = steps
-  if steps[-1] in writer.all_steps():  # an earlier average (e.g. of fewer checkpoints): replaced
-    writer.delete(steps[-1])
+  for earlier in writer.all_steps():  # one average at a time: `averaged` loads what was asked
+    writer.delete(earlier)
   writer.save(steps[-1], args=ocp.args.Composite(**{
       checkpointing.STATE: ocp.args.StandardSave(state.replace(params=averaged)),
       checkpointing.METADATA: ocp.args.JsonSave(metadata)}), force=True)

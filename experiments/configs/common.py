@@ -131,6 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
       bleu_style="sacrebleu",
       extra_bleu_styles="",  # --mode=evaluate: also score the same hypotheses in these (a,b)
       num_average=5,  # --mode=average: last N checkpoints (Sec. 6.1: 5 base, 20 big)
+      average_until_step=0,  # --mode=average: >0 averages the last N at or before this step
       nbest=1,  # --mode=translate: print the n best hypotheses with scores (<= beam_size)
       attention_layers=(0, -1),  # --mode=attention: layers and heads to draw
       attention_heads=(0,),
