@@ -205,7 +205,7 @@ def tune_on_validation(common: list[str], workdir: str, split: str, until: int =
                         [*BEAM, f"--config.decode.alpha={alpha}", f"--config.eval.split={split}"])
       grid.append({"num_average": count, "directory": directory, "alpha": alpha,
                    "val_bleu": result["bleu"], "val_sentences": result["sentences"],
-                   "averaged_steps": [s for s in kept if s <= result["step"]][-count:],
+                   "averaged_steps": kept[-count:],
                    "outputs": result["outputs"]})
       print(f"validation: average of {count}{f' until step {until}' if until > 0 else ''}, "
             f"alpha {alpha}: BLEU {result['bleu']:.2f}", flush=True)
@@ -213,10 +213,8 @@ def tune_on_validation(common: list[str], workdir: str, split: str, until: int =
 
 
 def write_probe(task: str, workdir: str, flags: list[str], grids: dict[str, list[dict[str, Any]]],
-                timing: dict[str, float], greedy: dict[str, Any]) -> None:
+                timing: dict[str, float], greedy: dict[str, Any], last_step: int) -> None:
   """Writes a `--tune_only` probe's validation results and prints them."""
-  records = read_metrics(workdir)
-  timing["training (steps only)"] = steps_only_seconds(records)
   directory = os.path.join(RESULTS, "tuning")
   os.makedirs(directory, exist_ok=True)
   name = os.path.basename(os.path.normpath(workdir))
@@ -224,7 +222,7 @@ def write_probe(task: str, workdir: str, flags: list[str], grids: dict[str, list
     json.dump({"task": task, "workdir": name, "flags": flags,
                "validation_grids": grids,
                "validation_greedy": {k: greedy[k] for k in ("bleu", "sentences", "outputs")},
-               "seconds": timing, "steps": records[-1]["step"]}, out, indent=2)
+               "seconds": timing, "steps": last_step}, out, indent=2)
   for label, grid in grids.items():
     for row in grid:
       print(f"| {name} | {label} | average {row['num_average']} ({row['averaged_steps'][0]}-"
@@ -291,11 +289,13 @@ def main() -> None:
     # The test split is decoded below, after averaging.
     timing["training"] = run_phase([*common, "--config.train.test_at_end=false"])
   records = read_metrics(workdir)
+  timing["training (steps only)"] = steps_only_seconds(records)
   mark = budget_step(records, kept_steps(workdir), args.budget_minutes)
   within = f"within {args.budget_minutes:g} minutes"
-  if mark is None and steps_only_seconds(records) > 60 * args.budget_minutes:
-    print(f"note: training took {steps_only_seconds(records) / 60:.1f} step minutes and kept no "
-          f"checkpoint from {within}: only the whole run is evaluated", flush=True)
+  step_minutes = timing["training (steps only)"] / 60
+  if mark is None and step_minutes > args.budget_minutes:
+    print(f"note: training took {step_minutes:.1f} step minutes and kept no checkpoint from "
+          f"{within}: only the whole run is evaluated", flush=True)
   start = time.perf_counter()
   grids = {"whole run": tune_on_validation(common, workdir, validation_split)}
   if mark is not None:
@@ -305,7 +305,7 @@ def main() -> None:
   if args.tune_only:
     greedy = evaluate(common, workdir, best["directory"],
                       ["--config.decode.method=greedy", f"--config.eval.split={validation_split}"])
-    write_probe(args.task, workdir, config_flags, grids, timing, greedy)
+    write_probe(args.task, workdir, config_flags, grids, timing, greedy, records[-1]["step"])
     return
   decodes = test_decodes(args.task, best, "", baselines=True)
   if mark is not None:
@@ -313,7 +313,6 @@ def main() -> None:
   start = time.perf_counter()
   rows = decode_test(common, workdir, decodes)
   timing["test evaluation"] = time.perf_counter() - start
-  timing["training (steps only)"] = steps_only_seconds(records)
   os.makedirs(RESULTS, exist_ok=True)
   plot_learning_curve(records, f"{args.task}: learning curve",
                       os.path.join(RESULTS, f"quality_{args.task}.png"))
