@@ -212,6 +212,13 @@ def tune_on_validation(common: list[str], workdir: str, split: str, until: int =
   return sorted(grid, key=lambda g: -g["val_bleu"])
 
 
+def run_provenance(workdir: str) -> dict[str, Any]:
+  """The trained run's commit, versions, seed and full config (`WORKDIR/provenance.json`), so a
+  result names the recipe that produced it even when it was set by editing a config file."""
+  with open(os.path.join(workdir, "provenance.json"), encoding="utf-8") as handle:
+    return json.load(handle)
+
+
 def write_probe(task: str, workdir: str, flags: list[str], grids: dict[str, list[dict[str, Any]]],
                 timing: dict[str, float], greedy: dict[str, Any], last_step: int) -> None:
   """Writes a `--tune_only` probe's validation results and prints them."""
@@ -219,7 +226,7 @@ def write_probe(task: str, workdir: str, flags: list[str], grids: dict[str, list
   os.makedirs(directory, exist_ok=True)
   name = os.path.basename(os.path.normpath(workdir))
   with open(os.path.join(directory, f"{task}.{name}.json"), "w", encoding="utf-8") as out:
-    json.dump({"task": task, "workdir": name, "flags": flags,
+    json.dump({"task": task, "workdir": name, "flags": flags, "run": run_provenance(workdir),
                "validation_grids": grids,
                "validation_greedy": {k: greedy[k] for k in ("bleu", "sentences", "outputs")},
                "seconds": timing, "steps": last_step}, out, indent=2)
@@ -318,6 +325,7 @@ def main() -> None:
                       os.path.join(RESULTS, f"quality_{args.task}.png"))
   with open(os.path.join(RESULTS, f"quality_{args.task}.json"), "w", encoding="utf-8") as out:
     json.dump({"task": args.task, "config": config_file, "flags": config_flags,
+               "run": run_provenance(workdir),
                "budget_minutes": args.budget_minutes, "budget_step": mark,
                "validation_grids": grids,
                "results": rows, "seconds": timing,

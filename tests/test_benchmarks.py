@@ -64,3 +64,23 @@ def test_quality_training_minutes_and_average_choices():
   row = {"split": "val", "label": "last", "bleu": 30.0, "chrf": 50.0, "bleu_signature": "sig",
          "outputs": {"loops": 0.125}}
   assert "| | val | last | 30.00 | 50.00 | 12.5% | `sig` |" in quality.markdown("t", [row], {})
+
+
+def test_quality_probe_record_names_the_run_that_produced_it(tmp_path, monkeypatch):
+  import json
+
+  import quality  # noqa: E402
+
+  workdir = tmp_path / "probe_tiny"
+  workdir.mkdir()
+  provenance = {"commit": "abc123", "dirty": True, "seed": 0,
+                "config": {"model": {"d_model": 128, "encoder_layers": 4}}}
+  (workdir / "provenance.json").write_text(json.dumps(provenance))
+  monkeypatch.setattr(quality, "RESULTS", str(tmp_path / "results"))
+  row = {"num_average": 5, "averaged_steps": [100, 200], "alpha": 1.0, "val_bleu": 30.0,
+         "outputs": {"loops": 0.0}}
+  greedy = {"bleu": 29.0, "sentences": 10, "outputs": {"loops": 0.0}}
+  quality.write_probe("multi30k", str(workdir), [], {"whole run": [row]}, {}, greedy, 200)
+  record = json.loads((tmp_path / "results" / "tuning" / "multi30k.probe_tiny.json").read_text())
+  assert record["run"] == provenance  # the model shape is in the record, not only in flags
+  assert record["steps"] == 200 and record["validation_greedy"]["bleu"] == 29.0
