@@ -17,9 +17,9 @@ curves (losses, and validation BLEU when the config measures it)
 Extra `--config.KEY=VALUE` flags go to every phase. `--tune_only` probes a recipe: training and
 the validation decodes only (test is not read), into `benchmarks/results/tuning/`.
 
-The budget (`--budget_minutes`, 60) counts training-step time only (`training_minutes`: the
-validation passes that draw the learning curve are left out). When a run's steps take longer
-on a slow day, the same protocol is repeated on the checkpoints saved within the budget (the
+The budget (`--budget_minutes`, 60) counts the training job's wall time (`training_minutes`:
+the steps and the periodic validation passes that draw the learning curve; start-up and
+compilation left out). When a run takes longer on a slow day, the same protocol is repeated on the checkpoints saved within the budget (the
 newest kept one whose training minutes are within it, and the ones before it; alpha and the
 number averaged again chosen on validation): the rows labelled "within N minutes".
 """
@@ -78,18 +78,24 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 
 def training_minutes(records: list[dict[str, Any]]) -> dict[int, float]:
-  """Cumulative training time (minutes, evaluation excluded) at each logged step."""
+  """Cumulative training wall time (minutes: the steps and the periodic validation passes;
+  start-up excluded) at each logged step. Records from before `interval_seconds` was logged
+  give it as steps / steps_per_sec, whose intervals then included the validation passes."""
   minutes, total, previous = {}, 0.0, 0
   for record in records:
-    if "steps_per_sec" in record:
+    if "interval_seconds" in record:
+      total += record["interval_seconds"] / 60
+    elif "steps_per_sec" in record:
       total += (record["step"] - previous) / record["steps_per_sec"] / 60
+    total += record.get("validation_seconds", 0.0) / 60
+    if "steps_per_sec" in record or "validation_seconds" in record:
       previous = record["step"]
       minutes[record["step"]] = total
   return minutes
 
 
-def steps_only_seconds(records: list[dict[str, Any]]) -> float:
-  """Training wall seconds of the logged steps (evaluation and start-up excluded)."""
+def training_seconds(records: list[dict[str, Any]]) -> float:
+  """Training wall seconds: the logged steps and validation passes (start-up excluded)."""
   return 60 * max(training_minutes(records).values())
 
 
@@ -280,8 +286,8 @@ def main() -> None:
                            "grid, and greedy on its best average); the test split is not read; "
                            "writes results/tuning/TASK.WORKDIR_NAME.json")
   parser.add_argument("--budget_minutes", type=float, default=60.0,
-                      help="training-step minutes; a longer run is also evaluated on the "
-                           "checkpoints saved within them")
+                      help="training minutes (steps and validation passes); a longer run is "
+                           "also evaluated on the checkpoints saved within them")
   args, config_flags = parser.parse_known_args()
   unknown = [flag for flag in config_flags if not flag.startswith("--config.")]
   if unknown:
@@ -296,12 +302,12 @@ def main() -> None:
     # The test split is decoded below, after averaging.
     timing["training"] = run_phase([*common, "--config.train.test_at_end=false"])
   records = read_metrics(workdir)
-  timing["training (steps only)"] = steps_only_seconds(records)
+  timing["training (steps and validation passes)"] = training_seconds(records)
   mark = budget_step(records, kept_steps(workdir), args.budget_minutes)
   within = f"within {args.budget_minutes:g} minutes"
-  step_minutes = timing["training (steps only)"] / 60
-  if mark is None and step_minutes > args.budget_minutes:
-    print(f"note: training took {step_minutes:.1f} step minutes and kept no checkpoint from "
+  minutes = timing["training (steps and validation passes)"] / 60
+  if mark is None and minutes > args.budget_minutes:
+    print(f"note: training took {minutes:.1f} minutes and kept no checkpoint from "
           f"{within}: only the whole run is evaluated", flush=True)
   start = time.perf_counter()
   grids = {"whole run": tune_on_validation(common, workdir, validation_split)}

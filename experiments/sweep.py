@@ -235,17 +235,32 @@ def _provenance(workdir: str) -> dict[str, Any]:
                                              "device_count", "process_count")}
 
 
+def logged_seconds(records: list[dict[str, Any]]) -> float | None:
+  """The trainer's own account of its wall time over every session of a workdir (the steps'
+  intervals and the validation passes, start-up excluded), or None where a training record
+  predates `interval_seconds` and the sum would leave time out."""
+  train = [r for r in records if "steps_per_sec" in r]
+  if not train or any("interval_seconds" not in r for r in train):
+    return None
+  return (sum(r["interval_seconds"] for r in train)
+          + sum(r.get("validation_seconds", 0.0) for r in records))
+
+
 def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir: str,
               seconds: float) -> dict[str, Any]:
-  """The results row of a finished point: metrics.jsonl, config and provenance."""
+  """The results row of a finished point: metrics.jsonl, config and provenance. The wall time
+  is the trainer's logged one where it has it (it spans sessions a stopped point resumed
+  over), else `seconds`, this invocation's."""
   last: dict[str, Any] = {}
   with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as handle:
-    for line in handle:
-      record = json.loads(line)
-      last.update({k: v for k, v in record.items() if k.startswith("eval_") or k == "step"})
+    records = [json.loads(line) for line in handle if line.strip()]
+  for record in records:
+    last.update({k: v for k, v in record.items() if k.startswith("eval_") or k == "step"})
+  logged = logged_seconds(records)
   model = model_config.from_dict(config.model.to_dict())
   return {"point": point["name"], "overrides": point["overrides"], "params": model.num_params(),
-          "steps": last.get("step"), "wall_seconds": seconds,
+          "steps": last.get("step"), "wall_seconds": seconds if logged is None else logged,
+          "wall_source": "invocation" if logged is None else "trainer log",
           "eval_perplexity": last.get("eval_perplexity"), "eval_bleu": last.get("eval_bleu"),
           "eval_loss": last.get("eval_loss"), "seed": config.seed,
           "config": json.loads(config.to_json_best_effort()), **_provenance(workdir)}
@@ -314,7 +329,8 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
     row = summarize(point, config, workdir, time.time() - start)
     row["attempts"] = attempt
     if point["name"] in earlier:  # an extended point: its wall time includes the shorter run's
-      row["wall_seconds"] += earlier[point["name"]].get("wall_seconds", 0.0)
+      if row["wall_source"] == "invocation":  # (the trainer's log already holds it)
+        row["wall_seconds"] += earlier[point["name"]].get("wall_seconds", 0.0)
       row["extended_from_steps"] = earlier[point["name"]]["steps"]
     if sweep.get("finish"):
       row["final_eval"] = final_evaluation(workdir)

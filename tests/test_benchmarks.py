@@ -61,6 +61,16 @@ def test_quality_training_minutes_and_average_choices():
   assert quality.budget_step(records, [200, 300], 1.0) is None  # no kept checkpoint within
   assert quality.budget_step(records, [100, 200, 300], 100 / 60) is None  # whole run within
   assert quality.budget_step(records, [100, 200, 300], 1.6) == 100
+  # Newer records carry their interval's seconds and each validation pass its own; a run
+  # resumed from step 100 logs step 200 twice, and both intervals were spent.
+  timed = [{"step": 100, "steps_per_sec": 2.0, "interval_seconds": 50.0},
+           {"step": 100, "eval_loss": 3.0, "validation_seconds": 10.0},
+           {"step": 200, "steps_per_sec": 2.0, "interval_seconds": 50.0},
+           {"step": 200, "steps_per_sec": 2.0, "interval_seconds": 50.0}]
+  minutes = quality.training_minutes(timed)
+  assert sorted(minutes) == [100, 200]
+  np.testing.assert_allclose([minutes[100], minutes[200]], [60 / 60, 160 / 60], rtol=1e-12)
+  np.testing.assert_allclose(quality.training_seconds(timed), 160.0, rtol=1e-12)
   row = {"split": "val", "label": "last", "bleu": 30.0, "chrf": 50.0, "bleu_signature": "sig",
          "outputs": {"loops": 0.125}}
   assert "| | val | last | 30.00 | 50.00 | 12.5% | `sig` |" in quality.markdown("t", [row], {})

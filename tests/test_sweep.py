@@ -319,3 +319,25 @@ def test_report_uses_the_final_evaluation_and_names_points_needing_seeds(tmp_pat
   text = open(report.write_report(str(tmp_path))).read()
   assert "31.0 ± 1.0" in text and "averaged checkpoint decoded on the whole validation" in text
   assert "to run with more seeds: close (`--only=close --seeds=0,1,2`)" in text
+
+
+def test_wall_time_comes_from_the_trainer_log_across_resumed_sessions(tmp_path):
+  def two_sessions(argv, log_path):  # stopped at step 20 and resumed from the checkpoint at 10
+    workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+    records = [{"step": 10, "steps_per_sec": 1.0, "interval_seconds": 100.0},
+               {"step": 10, "eval_loss": 0.5, "validation_seconds": 30.0},
+               {"step": 20, "steps_per_sec": 1.0, "interval_seconds": 100.0},
+               {"step": 20, "steps_per_sec": 1.0, "interval_seconds": 120.0},
+               {"step": 20, "eval_loss": 0.4, "eval_perplexity": 1.5, "validation_seconds": 40.0}]
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as handle:
+      handle.writelines(json.dumps(r) + "\n" for r in records)
+    os.makedirs(os.path.join(workdir, "checkpoints", "20"), exist_ok=True)
+    return 0
+
+  sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
+                  launcher=two_sessions)
+  row = report.read_results(str(tmp_path))[0]
+  assert row["wall_seconds"] == 100.0 + 30.0 + 100.0 + 120.0 + 40.0
+  assert row["wall_source"] == "trainer log"
+  old_style = [{"step": 10, "steps_per_sec": 1.0}, {"step": 10, "validation_seconds": 5.0}]
+  assert sweep.logged_seconds(old_style) is None  # falls back to the invocation's time

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -456,3 +457,33 @@ def test_missing_process_fails_fast(tmp_path):
                           timeout=120)
   assert result.returncode != 0
   assert "could not join 2 processes at 127.0.0.1" in result.stderr
+
+
+def test_logged_speed_excludes_validation_time(data_dir, tmp_path, monkeypatch):
+  """A fake clock that jumps 1,000 s during each validation pass: the intervals that follow
+  one must not absorb it (steps/s, tokens/s and MFU count training steps only), and the
+  validation records carry it, so the run's wall time can be summed across resumes."""
+  clock = {"now": 0.0}
+
+  def perf_counter():
+    clock["now"] += 0.001
+    return clock["now"]
+
+  real_evaluate = run.evaluate
+
+  def slow_evaluate(*args, **kwargs):
+    clock["now"] += 1000.0
+    return real_evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(run, "time", types.SimpleNamespace(perf_counter=perf_counter))
+  monkeypatch.setattr(run, "evaluate", slow_evaluate)
+  config = tiny_config(data_dir, num_steps=6, log_every_steps=2, eval_every_steps=2,
+                       bleu_every_steps=0)
+  run.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if "steps_per_sec" in r]
+  validation = [r for r in records if "validation_seconds" in r]
+  assert [r["step"] for r in train] == [2, 4, 6] and [r["step"] for r in validation] == [2, 4, 6]
+  assert all(r["interval_seconds"] < 1.0 for r in train), train
+  assert all(r["steps_per_sec"] > 1.0 for r in train)
+  assert all(1000.0 <= r["validation_seconds"] < 1001.0 for r in validation)

@@ -361,18 +361,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "steps_per_sec": interval_steps / elapsed,
             "tokens_per_sec": float(sums["weight"]) / elapsed,
             "mfu": flops.mfu(flops_per_step, interval_steps, elapsed, total_peak),
+            "interval_seconds": elapsed,
         }
         log.write(step, last_metrics)
         report(progress_line(step, num_steps, last_metrics, time.perf_counter() - start_time))
         accumulated, interval_steps, interval_start = {}, 0, time.perf_counter()
       eval_metrics = None
       if step % config.train.eval_every_steps == 0 or last_step:
+        eval_start = time.perf_counter()
         eval_metrics = evaluate(eval_step, state.params, evaluation, setup.mesh)
         if last_step or (config.train.bleu_every_steps and
                          step % config.train.bleu_every_steps == 0):
           eval_metrics["eval_bleu"] = bleu_metrics(setup, config, state.params, bleu_set,
                                                    tokenizer)["bleu"]
-        log.write(step, eval_metrics)
+        validation_seconds = time.perf_counter() - eval_start
+        interval_start += validation_seconds  # steps/s, tokens/s and MFU count training steps only
+        log.write(step, {**eval_metrics, "validation_seconds": validation_seconds})
         report(f"step {step} validation: " +
                " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
         last_metrics.update(eval_metrics)
