@@ -17,11 +17,12 @@ curves (losses, and validation BLEU when the config measures it)
 Extra `--config.KEY=VALUE` flags go to every phase. `--tune_only` probes a recipe: training and
 the validation decodes only (test is not read), into `benchmarks/results/tuning/`.
 
-The budget (`--budget_minutes`, 60) counts the training job's wall time (`training_minutes`:
-the steps and the periodic validation passes that draw the learning curve; start-up and
-compilation left out). When a run takes longer on a slow day, the same protocol is repeated on the checkpoints saved within the budget (the
-newest kept one whose training minutes are within it, and the ones before it; alpha and the
-number averaged again chosen on validation): the rows labelled "within N minutes".
+The budget (`--budget_minutes`, 60) counts the training job's wall time
+(`transformer.logged_time`: the steps and the periodic validation passes that
+draw the learning curve; start-up and compilation left out). When a run takes longer on a slow
+day, the same protocol is repeated on the checkpoints saved within the budget (the newest kept
+one whose training minutes are within it, and the ones before it; alpha and the number
+averaged again chosen on validation): the rows labelled "within N minutes".
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from transformer.logged_time import cumulative_seconds  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -78,25 +81,13 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 
 def training_minutes(records: list[dict[str, Any]]) -> dict[int, float]:
-  """Cumulative training wall time (minutes: the steps and the periodic validation passes;
-  start-up excluded) at each logged step. Records from before `interval_seconds` was logged
-  give it as steps / steps_per_sec, whose intervals then included the validation passes."""
-  minutes, total, previous = {}, 0.0, 0
-  for record in records:
-    if "interval_seconds" in record:
-      total += record["interval_seconds"] / 60
-    elif "steps_per_sec" in record:
-      total += (record["step"] - previous) / record["steps_per_sec"] / 60
-    total += record.get("validation_seconds", 0.0) / 60
-    if "steps_per_sec" in record or "validation_seconds" in record:
-      previous = record["step"]
-      minutes[record["step"]] = total
-  return minutes
+  """Cumulative training wall time in minutes at each logged step."""
+  return {step: seconds / 60 for step, seconds in cumulative_seconds(records).items()}
 
 
 def training_seconds(records: list[dict[str, Any]]) -> float:
   """Training wall seconds: the logged steps and validation passes (start-up excluded)."""
-  return 60 * max(training_minutes(records).values())
+  return max(cumulative_seconds(records).values())
 
 
 def newest_evaluation(workdir: str) -> dict[str, Any]:

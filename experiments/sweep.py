@@ -35,6 +35,7 @@ import ml_collections
 import tensorflow as tf
 
 from transformer import config as model_config
+from transformer import logged_time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = "results.jsonl"
@@ -239,11 +240,9 @@ def logged_seconds(records: list[dict[str, Any]]) -> float | None:
   """The trainer's own account of its wall time over every session of a workdir (the steps'
   intervals and the validation passes, start-up excluded), or None where a training record
   predates `interval_seconds` and the sum would leave time out."""
-  train = [r for r in records if "steps_per_sec" in r]
-  if not train or any("interval_seconds" not in r for r in train):
+  if not logged_time.has_interval_times(records):
     return None
-  return (sum(r["interval_seconds"] for r in train)
-          + sum(r.get("validation_seconds", 0.0) for r in records))
+  return max(logged_time.cumulative_seconds(records).values())
 
 
 def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir: str,
