@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import threading
 
 import ml_collections
 import pytest
@@ -72,6 +73,23 @@ def test_generated_builder(tmp_path):
     numbers = tuple(lookup[part] for part in source.split(", "))
     assert 1 <= len(numbers) <= 3 and not set(numbers) & train_numbers
     assert (source, target) == number_words.sentence_pair(numbers)
+
+
+def test_concurrent_preparations_take_turns(tmp_path):
+  # Two processes preparing one dataset on a fresh machine raced for tfds' final rename (the
+  # loser crashed with FileExistsError). The second now waits, then reuses the first's data.
+  data = data_config(tmp_path)
+  results = {}
+  waiting = threading.Thread(target=lambda: results.update(builder=datasets.prepare(data)))
+  with datasets.preparation_lock(str(datasets.make_builder(data).data_dir)):
+    waiting.start()
+    waiting.join(timeout=2.0)
+    assert waiting.is_alive()  # blocked on the lock, not preparing beside us
+    datasets.make_builder(data).download_and_prepare()  # the "other process"
+  waiting.join()
+  splits = results["builder"].info.splits
+  assert {s: splits[s].num_examples for s in splits} == {"train": 200, "validation": 20,
+                                                          "test": 20}
 
 
 def test_parallel_text_builder_from_line_aligned_files(tmp_path):

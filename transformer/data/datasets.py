@@ -6,8 +6,11 @@ each process from its own share of the split.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+from typing import Iterator
 
 import ml_collections
 import tensorflow as tf
@@ -55,16 +58,37 @@ def check_writable(data_dir: str) -> None:
     raise DataError(f"config.data.data_dir {data_dir} is not writable: {error.strerror}") from None
 
 
+@contextlib.contextmanager
+def preparation_lock(dataset_directory: str) -> Iterator[None]:
+  """Holds an exclusive lock beside `dataset_directory` (a builder's versioned data directory),
+  so processes preparing the same dataset at once (two sweep points or quality probes on a
+  fresh machine) take turns instead of racing for tfds' final rename."""
+  parent = os.path.dirname(os.path.normpath(dataset_directory))
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.join(parent, ".prepare.lock"), "w", encoding="utf-8") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Makes the builder and prepares the dataset into `data.data_dir` unless already there.
 
   tfds writes into a temporary directory and renames it when complete, so a failed build leaves
-  nothing that looks like a prepared dataset.
+  nothing that looks like a prepared dataset. On a local disk, concurrent preparations of one
+  dataset wait for each other; the builder is made again under the lock so that it reads what
+  another process prepared.
   """
   builder = make_builder(data)
   check_writable(data.data_dir)
   tfds.disable_progress_bar()
-  builder.download_and_prepare()
+  lock = (contextlib.nullcontext() if str(builder.data_dir).startswith("gs://")
+          else preparation_lock(str(builder.data_dir)))
+  with lock:
+    builder = make_builder(data)
+    builder.download_and_prepare()
   for pair_language in (data.source_lang, data.target_lang):
     if pair_language not in builder.info.features:
       raise DataError(f"config.data.source_lang/target_lang: dataset {data.dataset} has "
