@@ -79,16 +79,18 @@ def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   tfds writes into a temporary directory and renames it when complete, so a failed build leaves
   nothing that looks like a prepared dataset. On a local disk, concurrent preparations of one
   dataset wait for each other; the builder is made again under the lock so that it reads what
-  another process prepared.
+  another process prepared. An already prepared dataset takes neither the lock nor a second
+  builder.
   """
   builder = make_builder(data)
   check_writable(data.data_dir)
   tfds.disable_progress_bar()
-  lock = (contextlib.nullcontext() if str(builder.data_dir).startswith("gs://")
-          else preparation_lock(str(builder.data_dir)))
-  with lock:
-    builder = make_builder(data)
-    builder.download_and_prepare()
+  if not builder.is_prepared():
+    directory = str(builder.data_dir)
+    with (contextlib.nullcontext() if directory.startswith("gs://")
+          else preparation_lock(directory)):
+      builder = make_builder(data)
+      builder.download_and_prepare()
   for pair_language in (data.source_lang, data.target_lang):
     if pair_language not in builder.info.features:
       raise DataError(f"config.data.source_lang/target_lang: dataset {data.dataset} has "
