@@ -2,7 +2,8 @@
 
     python -m experiments.report --root=DIR [--output=DIR] [--early_root=DIR]
 
-Reads `ROOT/results.jsonl` (and each point's `metrics.jsonl` for the curves); writes
+Reads `ROOT/results.jsonl` (the curves from each row's `validation` history, or from the
+point's `metrics.jsonl` for rows recorded without one); writes
 `report.md`, `bleu_vs_params.png`, `validation_curves.png` and `bleu_curves.png` (validation
 BLEU against steps, for points that measure it during training).
 """
@@ -153,6 +154,18 @@ def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str,
   plt.close(figure)
 
 
+def validation_records(root: str, row: dict[str, Any]) -> list[dict[str, Any]]:
+  """A point's validation records: the row's own `validation` history where it carries one
+  (it outlives the run directory), else the point's metrics.jsonl under `root`, else none."""
+  if row.get("validation"):
+    return row["validation"]
+  metrics = os.path.join(root, row["point"], "metrics.jsonl")
+  if not tf.io.gfile.exists(metrics):
+    return []
+  with tf.io.gfile.GFile(metrics) as handle:
+    return [json.loads(line) for line in handle if line.strip()]
+
+
 def plot_curves(root: str, rows: list[dict[str, Any]], path: str,
                 metric: str = "eval_perplexity") -> list[str]:
   """A validation metric (perplexity, or BLEU where the points measured it during training)
@@ -161,12 +174,8 @@ def plot_curves(root: str, rows: list[dict[str, Any]], path: str,
   plotted = []
   colors = plt.get_cmap("tab20").colors  # 19 variants: the default 10-colour cycle repeats
   for index, row in enumerate(rows):
-    metrics = os.path.join(root, row["point"], "metrics.jsonl")
-    if not tf.io.gfile.exists(metrics):
-      continue
-    with tf.io.gfile.GFile(metrics) as handle:
-      points = [json.loads(line) for line in handle]
-    curve = sorted((p["step"], p[metric]) for p in points if p.get(metric) is not None)
+    curve = sorted((p["step"], p[metric]) for p in validation_records(root, row)
+                   if p.get(metric) is not None)
     if curve:
       axis.plot(*zip(*curve), label=row["point"], color=colors[index % len(colors)],
                 linestyle=("-", "--")[index // len(colors) % 2],

@@ -245,11 +245,20 @@ def logged_seconds(records: list[dict[str, Any]]) -> float | None:
   return max(logged_time.cumulative_seconds(records).values())
 
 
+def validation_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The validation records of a metrics.jsonl (step and eval_* values), in step order; a step
+  logged twice (a run resumed from a checkpoint before it) keeps its later record."""
+  by_step = {record["step"]: {k: v for k, v in record.items() if k.startswith("eval_")}
+             for record in records if any(k.startswith("eval_") for k in record)}
+  return [{"step": step, **values} for step, values in sorted(by_step.items())]
+
+
 def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir: str,
               seconds: float) -> dict[str, Any]:
   """The results row of a finished point: metrics.jsonl, config and provenance. The wall time
   is the trainer's logged one where it has it (it spans sessions a stopped point resumed
-  over), else `seconds`, this invocation's."""
+  over), else `seconds`, this invocation's. `validation` keeps every validation record, so the
+  report can draw the curves from the committed rows once the run directory is gone."""
   last: dict[str, Any] = {}
   with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as handle:
     records = [json.loads(line) for line in handle if line.strip()]
@@ -262,6 +271,7 @@ def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir:
           "wall_source": "invocation" if logged is None else "trainer log",
           "eval_perplexity": last.get("eval_perplexity"), "eval_bleu": last.get("eval_bleu"),
           "eval_loss": last.get("eval_loss"), "seed": config.seed,
+          "validation": validation_history(records),
           "config": json.loads(config.to_json_best_effort()), **_provenance(workdir)}
 
 

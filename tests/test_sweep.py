@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -190,6 +191,22 @@ def test_report_draws_an_early_sweep_beside_and_names_a_wrong_early_root(tmp_pat
   assert process.returncode == 2 and "Traceback" not in process.stderr
   assert process.stderr.strip() == (f"error: --early_root: {tmp_path / 'results.jsonl'}: "
                                     "no sweep results there")
+
+
+def test_rows_keep_the_validation_history_and_the_curves_outlive_the_run_directory(tmp_path):
+  records = [{"step": 100, "loss": 3.0}, {"step": 250, "eval_perplexity": 9.0, "eval_loss": 2.2},
+             {"step": 500, "eval_perplexity": 8.0, "eval_bleu": 1.0},
+             {"step": 250, "eval_perplexity": 8.5, "eval_loss": 2.1}]  # resumed before 500
+  assert sweep.validation_history(records) == [
+      {"step": 250, "eval_perplexity": 8.5, "eval_loss": 2.1},
+      {"step": 500, "eval_perplexity": 8.0, "eval_bleu": 1.0}]
+  sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path / "sweep"),
+                  launcher=fake_complete_training)
+  row = report.read_results(str(tmp_path / "sweep"))[0]
+  assert [(r["step"], r["eval_bleu"]) for r in row["validation"]] == [(10, 10.0), (20, 20.0)]
+  shutil.rmtree(tmp_path / "sweep" / "base")  # a later session without the run directory
+  assert report.plot_curves(str(tmp_path / "sweep"), [row], str(tmp_path / "b.png"),
+                            "eval_bleu") == ["base"]
 
 
 def test_bleu_curves_draw_the_points_that_measured_bleu(tmp_path):
