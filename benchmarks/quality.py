@@ -41,7 +41,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from transformer.logged_time import cumulative_seconds  # noqa: E402
+from transformer.logged_time import cumulative_seconds, read_metrics  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -72,12 +72,6 @@ def run_phase(argv: list[str]) -> float:
   if code != 0:
     raise SystemExit(f"error: `{' '.join(argv)}` failed with exit code {code}")
   return time.perf_counter() - start
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of `WORKDIR/metrics.jsonl`, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as handle:
-    return [json.loads(line) for line in handle if line.strip()]
 
 
 def training_minutes(records: list[dict[str, Any]]) -> dict[int, float]:

@@ -11,7 +11,6 @@ BLEU against steps, for points that measure it during training).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from experiments import sweep
+from transformer import logged_time
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -159,11 +159,10 @@ def validation_records(root: str, row: dict[str, Any]) -> list[dict[str, Any]]:
   (it outlives the run directory), else the point's metrics.jsonl under `root`, else none."""
   if row.get("validation"):
     return row["validation"]
-  metrics = os.path.join(root, row["point"], "metrics.jsonl")
-  if not tf.io.gfile.exists(metrics):
+  workdir = os.path.join(root, row["point"])
+  if not tf.io.gfile.exists(os.path.join(workdir, "metrics.jsonl")):
     return []
-  with tf.io.gfile.GFile(metrics) as handle:
-    return [json.loads(line) for line in handle if line.strip()]
+  return sweep.validation_history(logged_time.read_metrics(workdir))
 
 
 def plot_curves(root: str, rows: list[dict[str, Any]], path: str,

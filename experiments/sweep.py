@@ -260,8 +260,7 @@ def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir:
   over), else `seconds`, this invocation's. `validation` keeps every validation record, so the
   report can draw the curves from the committed rows once the run directory is gone."""
   last: dict[str, Any] = {}
-  with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as handle:
-    records = [json.loads(line) for line in handle if line.strip()]
+  records = logged_time.read_metrics(workdir)
   for record in records:
     last.update({k: v for k, v in record.items() if k.startswith("eval_") or k == "step"})
   logged = logged_seconds(records)
