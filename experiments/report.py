@@ -30,6 +30,9 @@ COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff",
            ("h", "model.num_heads"), ("d_k", "model.d_k"), ("d_v", "model.d_v"),
            ("P_drop", "model.dropout_rate"), ("eps_ls", "train.label_smoothing"),
            ("PE", "model.positional_encoding"), ("steps", "train.num_steps")]
+# A single-seed row differs from base only when the gap exceeds this many seed spreads (with one
+# seed the row's own spread is unknown, so it is assumed to be base's, twice over).
+TIE_FACTOR = 2.0
 
 
 def read_results(root: str) -> list[dict[str, Any]]:
@@ -64,7 +67,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return folded
 
 
-def points_needing_seeds(rows: list[dict[str, Any]], factor: float = 2.0) -> list[str]:
+def points_needing_seeds(rows: list[dict[str, Any]], factor: float = TIE_FACTOR) -> list[str]:
   """Single-seed points whose BLEU is within `factor` x base's seed spread of base: their
   difference cannot be called without more seeds (needs base run with >= 2 seeds)."""
   folded = aggregate(rows)
@@ -89,17 +92,18 @@ def _with_spread(row: dict[str, Any], key: str, digits: int) -> str:
 
 
 def _bleu_change(row: dict[str, Any], base: dict[str, Any]) -> str:
-  """BLEU difference to base; 'tie' when it is smaller than the seed spread of either row."""
+  """BLEU difference to base; 'tie' when it is smaller than TIE_FACTOR x the larger of the two
+  rows' seed spreads."""
   if row is base or row.get("eval_bleu") is None or base.get("eval_bleu") is None:
     return ""
   change = row["eval_bleu"] - base["eval_bleu"]
   spread = max(row.get("eval_bleu_std") or 0.0, base.get("eval_bleu_std") or 0.0)
-  return f"{change:+.1f}" + (" (tie)" if abs(change) < spread else "")
+  return f"{change:+.1f}" + (" (tie)" if abs(change) < TIE_FACTOR * spread else "")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
   """Table 3 layout: the base row in full, other rows show only what they change; seed repeats
-  are folded into mean ± sample std, and a BLEU difference inside the spread is a tie."""
+  are folded into mean ± sample std, and a BLEU difference inside TIE_FACTOR spreads is a tie."""
   rows = aggregate(rows)
   base = next((r for r in rows if r["point"] == "base"), rows[0])
   with_reference = any(row.get("reference") for row in rows)
@@ -216,6 +220,9 @@ def write_report(root: str, output: str | None = None, early_root: str | None = 
   notes = ["BLEU (dev): " + ("the averaged checkpoint decoded on the whole validation split "
                              "(beam 4)" if averaged else "measured during training")]
   close = points_needing_seeds(rows)
+  if any(row.get("eval_bleu_std") for row in aggregate(rows)):
+    notes.append(f"vs base: (tie) when the BLEU difference is within {TIE_FACTOR:g}x the larger "
+                 "seed spread (std) of the row and base")
   if early_rows:
     notes.append(f"Hollow markers in bleu_vs_params.png: the same points in {early_root} "
                  f"({_fmt(early_rows[0].get('steps'))} steps)")

@@ -249,10 +249,12 @@ def test_seeds_repeat_points_and_the_report_shows_their_spread(tmp_path):
   bleu = {"base": 20.0, "base@seed1": 22.0, "base@seed2": 24.0}  # mean 22, std 2
   rows = [{**rows[name], "eval_bleu": value} for name, value in bleu.items()]
   rows += [{**rows[0], "point": "wide", "overrides": {"model.d_ff": 128}, "eval_bleu": 23.5},
-           {**rows[0], "point": "deep", "overrides": {"model.d_ff": 256}, "eval_bleu": 25.0}]
+           {**rows[0], "point": "deep", "overrides": {"model.d_ff": 256}, "eval_bleu": 25.0},
+           {**rows[0], "point": "tall", "overrides": {"model.d_ff": 512}, "eval_bleu": 26.5}]
   table = report.markdown_table(rows)
   assert "| 3 |" in table and "22.0 ± 2.0" in table
-  assert "+1.5 (tie)" in table and "+3.0 |" in table
+  # Ties within twice the spread of 2.0: +1.5 and +3.0 are ties, +4.5 is not.
+  assert "+1.5 (tie)" in table and "+3.0 (tie)" in table and "+4.5 |" in table
 
 
 def test_a_point_without_its_final_checkpoint_is_retried_then_fails(tmp_path):
@@ -336,6 +338,7 @@ def test_report_uses_the_final_evaluation_and_names_points_needing_seeds(tmp_pat
   text = open(report.write_report(str(tmp_path))).read()
   assert "31.0 ± 1.0" in text and "averaged checkpoint decoded on the whole validation" in text
   assert "to run with more seeds: close (`--only=close --seeds=0,1,2`)" in text
+  assert "+1.5 (tie)" in text and "+3.0 |" in text and "within 2x the larger seed" in text
 
 
 def test_wall_time_comes_from_the_trainer_log_across_resumed_sessions(tmp_path):
