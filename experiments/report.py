@@ -30,8 +30,8 @@ COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff",
            ("h", "model.num_heads"), ("d_k", "model.d_k"), ("d_v", "model.d_v"),
            ("P_drop", "model.dropout_rate"), ("eps_ls", "train.label_smoothing"),
            ("PE", "model.positional_encoding"), ("steps", "train.num_steps")]
-# A single-seed row differs from base only when the gap exceeds this many seed spreads (with one
-# seed the row's own spread is unknown, so it is assumed to be base's, twice over).
+# A row differs from base only when its BLEU gap exceeds this many seed spreads (the larger of the
+# row's and base's); a single-seed row inside it is one to run with more seeds.
 TIE_FACTOR = 2.0
 
 
