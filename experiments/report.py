@@ -127,28 +127,56 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def label_heights(points: list[tuple[float, float]], widths: list[float],
+                  gap: float) -> list[float]:
+  """Heights for labels that start at their (x, y) point and run `widths` to the right, such
+  that labels whose horizontal extents overlap lie at least `gap` apart: each label, from the
+  lowest point up, rises from its point's height only as far as it must to clear those placed."""
+  heights = [y for _, y in points]
+  placed: list[int] = []
+  for index in sorted(range(len(points)), key=lambda i: points[i][1]):
+    x = points[index][0]
+    blocking = [other for other in placed
+                if x < points[other][0] + widths[other] and points[other][0] < x + widths[index]]
+    for other in sorted(blocking, key=lambda i: heights[i]):
+      if abs(heights[index] - heights[other]) < gap:
+        heights[index] = heights[other] + gap
+    placed.append(index)
+  return heights
+
+
 def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str,
                         early_rows: list[dict[str, Any]] | None = None) -> None:
   """BLEU (dev) against parameter count, one labelled point per variant; with `early_rows` (the
-  same points from a shorter sweep) each variant's early BLEU too, hollow, joined to its own."""
+  same points from a shorter sweep) each variant's early BLEU too, hollow, joined to its own.
+  Labels that would overlap (row A's variants all have base's size) are stacked apart."""
   figure, axis = plt.subplots(figsize=(7, 4.5))
   early = {row["point"]: row for row in aggregate(early_rows or [])
            if row.get("eval_bleu") is not None}
-  for row in aggregate(rows):
-    if row.get("eval_bleu") is None:
-      continue
-    params = row["params"] / 1e6
-    line = axis.errorbar(params, row["eval_bleu"], yerr=row.get("eval_bleu_std"), fmt="o",
-                         capsize=3)
+  drawn = [row for row in aggregate(rows) if row.get("eval_bleu") is not None]
+  points = [(row["params"] / 1e6, row["eval_bleu"]) for row in drawn]
+  colors = []
+  for row, (params, bleu) in zip(drawn, points):
+    line = axis.errorbar(params, bleu, yerr=row.get("eval_bleu_std"), fmt="o", capsize=3)
+    color = line.lines[0].get_color()
+    colors.append(color)
     before = early.get(row["point"])
     if before is not None:
-      color = line.lines[0].get_color()
-      axis.plot([params, params], [before["eval_bleu"], row["eval_bleu"]], color=color,
+      axis.plot([params, params], [before["eval_bleu"], bleu], color=color,
                 linewidth=0.6, alpha=0.5)
       axis.errorbar(params, before["eval_bleu"], yerr=before.get("eval_bleu_std"), fmt="o",
                     mfc="none", color=color, capsize=2)
-    axis.annotate(row["point"], (params, row["eval_bleu"]), fontsize=7,
-                  xytext=(3, 3), textcoords="offset points")
+  axis.margins(x=0.12)  # room right of the last column for its labels
+  (x_low, x_high), (y_low, y_high) = axis.get_xlim(), axis.get_ylim()
+  gap, char_width = 0.035 * (y_high - y_low), 0.011 * (x_high - x_low)
+  heights = label_heights(points, [char_width * (len(row["point"]) + 2) for row in drawn], gap)
+  if heights:
+    axis.set_ylim(min(y_low, min(heights) - gap), max(y_high, max(heights) + gap))
+  for row, (params, bleu), height, color in zip(drawn, points, heights, colors):
+    axis.annotate(row["point"], (params, bleu), xytext=(params + 0.012 * (x_high - x_low), height),
+                  fontsize=7, va="center", color=color,
+                  arrowprops=dict(arrowstyle="-", linewidth=0.5, color=color)
+                  if height != bleu else None)
   axis.set_xlabel("parameters (millions)")
   axis.set_ylabel("BLEU (dev)")
   axis.set_title("Table 3 variants: BLEU against size"

@@ -160,6 +160,25 @@ def test_report_from_fabricated_results(tmp_path):
     assert os.path.getsize(tmp_path / image) > 1000
 
 
+def test_overlapping_labels_are_stacked_apart_and_others_stay_put():
+  # Row A's variants share base's size; a label starting 0.1 to the right still overlaps them,
+  # one starting past their width does not, nor one far below.
+  points = [(1.9, 36.5), (1.9, 37.3), (1.0, 33.6), (1.9, 36.6), (2.0, 36.6), (2.5, 36.6),
+            (1.9, 30.0)]
+  widths = [0.5] * len(points)
+  heights = report.label_heights(points, widths, gap=1.0)
+  assert heights == pytest.approx([36.5, 39.5, 33.6, 37.5, 38.5, 36.6, 30.0])
+
+  def overlap(i, j):
+    (xi, _), (xj, _) = points[i], points[j]
+    return xi < xj + widths[j] and xj < xi + widths[i]
+  for i in range(len(points)):
+    assert heights[i] >= points[i][1]
+    for j in range(i):
+      assert not overlap(i, j) or abs(heights[i] - heights[j]) >= 1.0 - 1e-9
+  assert report.label_heights([], [], gap=1.0) == []
+
+
 def test_report_without_results_is_a_one_line_error(tmp_path):
   process = subprocess.run([sys.executable, "-m", "experiments.report", f"--root={tmp_path}"],
                            cwd=REPO, capture_output=True, text=True, check=False)
