@@ -171,7 +171,7 @@ def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str,
   gap, char_width = 0.035 * (y_high - y_low), 0.011 * (x_high - x_low)
   heights = label_heights(points, [char_width * (len(row["point"]) + 2) for row in drawn], gap)
   if heights:
-    axis.set_ylim(min(y_low, min(heights) - gap), max(y_high, max(heights) + gap))
+    axis.set_ylim(y_low, max(y_high, max(heights) + gap))  # labels only ever rise
   for row, (params, bleu), height, color in zip(drawn, points, heights, colors):
     axis.annotate(row["point"], (params, bleu), xytext=(params + 0.012 * (x_high - x_low), height),
                   fontsize=7, va="center", color=color,
