@@ -25,11 +25,12 @@ from transformer import logged_time
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-# Table 3's columns: header -> override key.
+# Table 3's columns and two of ours (header -> override key); a column no row sets is left out.
 COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff", "model.d_ff"),
            ("h", "model.num_heads"), ("d_k", "model.d_k"), ("d_v", "model.d_v"),
            ("P_drop", "model.dropout_rate"), ("eps_ls", "train.label_smoothing"),
-           ("PE", "model.positional_encoding"), ("steps", "train.num_steps")]
+           ("PE", "model.positional_encoding"), ("LN", "model.normalization"),
+           ("lr factor", "train.learning_rate_factor"), ("steps", "train.num_steps")]
 # A row differs from base only when its BLEU gap exceeds this many seed spreads (the larger of the
 # row's and base's); a single-seed row inside it is one to run with more seeds.
 TIE_FACTOR = 2.0
@@ -107,12 +108,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
   rows = aggregate(rows)
   base = next((r for r in rows if r["point"] == "base"), rows[0])
   with_reference = any(row.get("reference") for row in rows)
-  header = ["", *[name for name, _ in COLUMNS], "seeds", "PPL (dev)", "BLEU (dev)", "vs base",
+  columns = [(name, key) for name, key in COLUMNS
+             if any(row["overrides"].get(key) is not None for row in rows)]
+  header = ["", *[name for name, _ in columns], "seeds", "PPL (dev)", "BLEU (dev)", "vs base",
             *(["ref. PPL", "ref. BLEU"] if with_reference else []), "params x10^6", "wall min"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [row["point"]]
-    for _, key in COLUMNS:
+    for _, key in columns:
       value = row["overrides"].get(key)
       changed = row is base or value != base["overrides"].get(key)
       cells.append(_fmt(value) if changed and value is not None else "")

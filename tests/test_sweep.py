@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from experiments import report, sweep
-from experiments.sweeps import table3
+from experiments.sweeps import depth_diagnostic, table3
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +33,40 @@ def test_table3_expands_to_the_paper_rows():
   assert tpu["C_N8"].model.encoder_layers == 8 and tpu["C_d1024"].model.d_model == 1024
   assert tpu["C_ff4096"].model.d_ff == 4096 and tpu["D_ls0.2"].train.label_smoothing == 0.2
   assert tpu["E_learned"].model.positional_encoding == "learned"
+
+
+def test_depth_diagnostic_changes_only_normalization_or_learning_rate_of_table3_points():
+  for scale, half_rate in (("cpu_converged", 0.25), ("tpu", 0.5)):
+    table = {p["name"]: p["overrides"] for p in table3.get_sweep(scale)["points"]}
+    definition = depth_diagnostic.get_sweep(scale)
+    points = {p["name"]: p["overrides"] for p in definition["points"]}
+    lower = f"C_N8_lr{half_rate:g}"
+    assert list(points) == ["base", "C_N8", "base_pre", "C_N8_pre", lower]
+    # the Table 3 root's finished base and C_N8 are these very points
+    assert points["base"] == table["base"] and points["C_N8"] == table["C_N8"]
+    changed = lambda name, of: {k: v for k, v in points[name].items() if table[of].get(k) != v}
+    assert changed("base_pre", "base") == changed("C_N8_pre", "C_N8") == {
+        "model.normalization": "pre"}
+    assert changed(lower, "C_N8") == {"train.learning_rate_factor": half_rate}
+    configs = dict(zip(points, sweep.validate(definition)))
+    assert configs["C_N8_pre"].model.normalization == "pre"
+    assert configs[lower].train.learning_rate_factor == half_rate
+    assert configs["base"].model.normalization == "post"  # the paper's and Table 3's
+  assert definition["finish"] == table3.get_sweep("tpu")["finish"]
+
+
+def test_report_shows_normalization_and_learning_rate_only_where_a_row_changes_them():
+  row = {"params": 1e6, "eval_perplexity": 5.0, "eval_bleu": 30.0, "wall_seconds": 60.0}
+  base = {**row, "point": "base", "overrides": {"train.learning_rate_factor": 0.5}}
+  rows = [base, {**row, "point": "pre", "overrides": {"train.learning_rate_factor": 0.5,
+                                                       "model.normalization": "pre"}},
+          {**row, "point": "slow", "overrides": {"train.learning_rate_factor": 0.25}}]
+  lines = report.markdown_table(rows).splitlines()
+  assert lines[0].startswith("|  | LN | lr factor | seeds |")
+  assert lines[2].startswith("| base |  | 0.50 | 1 |")
+  assert lines[3].startswith("| pre | pre |  | 1 |")
+  assert lines[4].startswith("| slow |  | 0.25 | 1 |")
+  assert report.markdown_table([base]).splitlines()[0].startswith("|  | lr factor | seeds |")
 
 
 def small_sweep(points):
@@ -151,7 +185,9 @@ def test_report_from_fabricated_results(tmp_path):
     handle.writelines(json.dumps(r) + "\n" for r in rows)
   path = report.write_report(str(tmp_path))
   text = open(path).read()
-  assert "| base |  | 512 |" in text and "| 1 | 4.92 | 25.8 |  | - | - | 63.0 | 2.0 |" in text
+  # only the columns some row sets: d_model and h
+  assert "|  | d_model | h | seeds | PPL (dev) |" in text
+  assert "| base | 512 | 8 |" in text and "| 1 | 4.92 | 25.8 |  | - | - | 63.0 | 2.0 |" in text
   assert "| ref. PPL | ref. BLEU |" in text
   a_row = next(line for line in text.splitlines() if line.startswith("| A_h1"))
   assert "| 1 |" in a_row and "512" not in a_row  # only what the row changes
