@@ -31,6 +31,9 @@ COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff",
            ("P_drop", "model.dropout_rate"), ("eps_ls", "train.label_smoothing"),
            ("PE", "model.positional_encoding"), ("LN", "model.normalization"),
            ("lr factor", "train.learning_rate_factor"), ("steps", "train.num_steps")]
+# 19 variants outnumber the default 10-colour cycle: tab20's ten strong colours, then their light
+# twins (neighbours in the table never get a colour and its twin).
+PALETTE = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2]
 # A row differs from base only when its BLEU gap exceeds this many seed spreads (the larger of the
 # row's and base's); a single-seed row inside it is one to run with more seeds.
 TIE_FACTOR = 2.0
@@ -158,11 +161,9 @@ def plot_bleu_vs_params(rows: list[dict[str, Any]], path: str,
            if row.get("eval_bleu") is not None}
   drawn = [row for row in aggregate(rows) if row.get("eval_bleu") is not None]
   points = [(row["params"] / 1e6, row["eval_bleu"]) for row in drawn]
-  colors = []
-  for row, (params, bleu) in zip(drawn, points):
-    line = axis.errorbar(params, bleu, yerr=row.get("eval_bleu_std"), fmt="o", capsize=3)
-    color = line.lines[0].get_color()
-    colors.append(color)
+  colors = [PALETTE[index % len(PALETTE)] for index in range(len(drawn))]
+  for row, (params, bleu), color in zip(drawn, points, colors):
+    axis.errorbar(params, bleu, yerr=row.get("eval_bleu_std"), fmt="o", capsize=3, color=color)
     before = early.get(row["point"])
     if before is not None:
       axis.plot([params, params], [before["eval_bleu"], bleu], color=color,
@@ -206,13 +207,12 @@ def plot_curves(root: str, rows: list[dict[str, Any]], path: str,
   against training step for every variant; returns the points drawn."""
   figure, axis = plt.subplots(figsize=(7, 4.5))
   plotted = []
-  colors = plt.get_cmap("tab20").colors  # 19 variants: the default 10-colour cycle repeats
   for index, row in enumerate(rows):
     curve = sorted((p["step"], p[metric]) for p in validation_records(root, row)
                    if p.get(metric) is not None)
     if curve:
-      axis.plot(*zip(*curve), label=row["point"], color=colors[index % len(colors)],
-                linestyle=("-", "--")[index // len(colors) % 2],
+      axis.plot(*zip(*curve), label=row["point"], color=PALETTE[index % len(PALETTE)],
+                linestyle=("-", "--")[index // len(PALETTE) % 2],
                 linewidth=2 if row["point"] == "base" else 1)
       plotted.append(row["point"])
   axis.set_xlabel("step")
