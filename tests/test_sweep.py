@@ -36,6 +36,7 @@ def test_table3_expands_to_the_paper_rows():
 
 
 def test_depth_diagnostic_changes_only_normalization_or_learning_rate_of_table3_points():
+  # the halved rates the README names; each is half of what the scale's base config resolves to
   for scale, half_rate in (("cpu_converged", 0.25), ("tpu", 0.5)):
     table = {p["name"]: p["overrides"] for p in table3.get_sweep(scale)["points"]}
     definition = depth_diagnostic.get_sweep(scale)
@@ -51,6 +52,7 @@ def test_depth_diagnostic_changes_only_normalization_or_learning_rate_of_table3_
     configs = dict(zip(points, sweep.validate(definition)))
     assert configs["C_N8_pre"].model.normalization == "pre"
     assert configs[lower].train.learning_rate_factor == half_rate
+    assert configs["C_N8"].train.learning_rate_factor == 2 * half_rate
     assert configs["base"].model.normalization == "post"  # the paper's and Table 3's
   assert definition["finish"] == table3.get_sweep("tpu")["finish"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from experiments import sweep
 from experiments.sweeps import table3
 
 
@@ -24,8 +25,9 @@ def get_sweep(scale: str = "cpu_converged") -> dict[str, Any]:
   table = table3.get_sweep(scale)
   overrides = {point["name"]: point["overrides"] for point in table["points"]}
   base, deep = overrides["base"], overrides["C_N8"]
-  # common.py's default factor is 1.0; the CPU scales fix 0.5
-  half_rate = base.get("train.learning_rate_factor", 1.0) / 2
+  base_config = sweep.point_config(sweep.load_config(table["config"]),
+                                   {"name": "base", "overrides": base})
+  half_rate = base_config.train.learning_rate_factor / 2
   variants = {
       "base": base,
       "C_N8": deep,
