@@ -23,10 +23,9 @@ from experiments.sweeps import table3
 def get_sweep(scale: str = "cpu_converged") -> dict[str, Any]:
   """base and C_N8 of Table 3 at `scale`, plus pre-LN and lower-learning-rate variants."""
   table = table3.get_sweep(scale)
-  overrides = {point["name"]: point["overrides"] for point in table["points"]}
-  base, deep = overrides["base"], overrides["C_N8"]
-  base_config = sweep.point_config(sweep.load_config(table["config"]),
-                                   {"name": "base", "overrides": base})
+  points = {point["name"]: point for point in table["points"]}
+  base, deep = points["base"]["overrides"], points["C_N8"]["overrides"]
+  base_config = sweep.point_config(sweep.load_config(table["config"]), points["base"])
   half_rate = base_config.train.learning_rate_factor / 2
   variants = {
       "base": base,
