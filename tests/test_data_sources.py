@@ -6,6 +6,7 @@ import threading
 
 import ml_collections
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from experiments.configs import common
@@ -164,6 +165,34 @@ def test_processes_read_disjoint_shards_covering_the_split(tmp_path):
   assert {(s.decode(), t.decode()) for s, t in shards[0] + shards[1]} == set(everything)
 
 
+@pytest.mark.parametrize("split, count, expected", [
+    ("train", 7, lambda train, validation: train[:7]),
+    ("train", None, lambda train, validation: train),
+    ("train", 10_000, lambda train, validation: train),
+    ("train[10:]", 5, lambda train, validation: train[10:15]),
+    ("train[-5:]", 3, lambda train, validation: train[-5:-2]),
+    ("validation[:3]+train", 5, lambda train, validation: validation[:3] + train[:2]),
+])
+def test_first_examples_of_a_split_spec(tmp_path, split, count, expected):
+  data = data_config(tmp_path)
+  builder = datasets.prepare(data)
+  reference = expected(read_all(builder, data, "train"), read_all(builder, data, "validation"))
+  spec, total = datasets.first_examples(builder, split, count)
+  assert read_all(builder, data, spec) == reference
+  assert total == len(reference)
+
+
+def test_splits_are_read_without_an_in_memory_cache(tmp_path):
+  """tfds would cache a small split, and every training-iterator checkpoint would carry it."""
+  data = data_config(tmp_path)
+  builder = datasets.prepare(data)
+  dataset = datasets.load_split(builder, data, "train")
+  graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
+  operations = {node.op for node in graph.node}
+  assert "TensorSliceDataset" in operations  # the graph is the pipeline's
+  assert not any(op.startswith("CacheDataset") for op in operations), sorted(operations)
+
+
 def test_catalog_dataset_through_mock_data(tmp_path):
   data = data_config(tmp_path, dataset="wmt14_translate/de-en")
   with tfds.testing.mock_data(num_examples=6):
@@ -224,6 +253,10 @@ def test_unknown_split_and_language(tmp_path):
   builder = datasets.prepare(data)
   with pytest.raises(DataError, match="has no split 'dev'; it has"):
     datasets.load_split(builder, data, "dev")
+  with pytest.raises(DataError, match="has no split 'train\\+dev'; it has"):
+    datasets.first_examples(builder, "train+dev", 5)
+  with pytest.raises(DataError, match=r"split 'train\[' is not a tfds split spec"):
+    datasets.load_split(builder, data, "train[")
   with pytest.raises(DataError, match="has languages en, de, not 'fr'"):
     datasets.prepare(data_config(tmp_path, target_lang="fr"))
 

@@ -132,6 +132,19 @@ def test_evaluation_batches_keep_every_example(generated):
         assert tokenizer.decode(ids) == evaluation.sources[index]
 
 
+def test_evaluation_subset_is_the_same_for_every_process_count(generated):
+  config, builder, tokenizer = generated
+  first_seven = [ex["inputs"].decode() for ex in
+                 datasets.load_split(builder, config.data, "validation").as_numpy_iterator()][:7]
+  alone = inputs.eval_set(builder, config, tokenizer, "validation", max_examples=7)
+  assert sorted(alone.sources) == sorted(first_seven)
+  for process_count in (2, 3):
+    shares = [inputs.eval_set(builder, config, tokenizer, "validation", i, process_count,
+                              max_examples=7) for i in range(process_count)]
+    assert sorted(sum((share.sources for share in shares), [])) == sorted(first_seven)
+    assert len({len(share.batches) for share in shares}) == 1
+
+
 def test_separate_vocabularies_encode_each_side_with_its_own_model(tmp_path):
   config = common.base_config()
   config.data = data_config(tmp_path)

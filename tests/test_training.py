@@ -405,6 +405,8 @@ def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_p
     ("--config.train.label_smoothing=1.5", "error: config.train.label_smoothing must be in [0, 1)"),
     ("--config.mesh.data=3", "error: config.mesh: data*fsdp*tensor = 3*1*1 does not match"),
     ("--config.train.cooldown_steps=-1", "error: config.train.cooldown_steps must be in [0, "),
+    ("--config.train.bleu_max_examples=0", "error: config.train.bleu_max_examples must be "
+                                           "positive, got 0"),
 ])
 def test_bad_config_is_a_one_line_error(data_dir, tmp_path, override, message):
   result = run_main(tmp_path, data_dir, override, "--mode=compile")

@@ -54,7 +54,7 @@ class Setup:
 
 _POSITIVE_TRAIN_FIELDS = ("num_steps", "warmup_steps", "log_every_steps", "eval_every_steps",
                           "checkpoint_every_steps", "keep_checkpoints", "grad_accum_steps",
-                          "eval_max_examples")
+                          "eval_max_examples", "bleu_max_examples")
 _NON_NEGATIVE_TRAIN_FIELDS = ("learning_rate_factor", "weight_decay", "grad_clip_norm",
                               "profile_steps", "peak_flops", "adam_eps")
 

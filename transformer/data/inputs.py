@@ -58,11 +58,8 @@ def eval_set(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDic
              process_count: int = 1, max_examples: int | None = None) -> EvalSet:
   """This process's share of `split` in length-sorted batches, the same count on every process."""
   data = config.data
-  dataset = datasets.load_split(builder, data, split, process_index, process_count)
-  total = builder.info.splits[split].num_examples
-  if max_examples is not None:
-    dataset = dataset.take(-(-max_examples // process_count))
-    total = min(total, max_examples)
+  subset, total = datasets.first_examples(builder, split, max_examples)
+  dataset = datasets.load_split(builder, data, subset, process_index, process_count)
   per_process = -(-total // process_count)
   local_batch = data.eval_batch_size // process_count
   batches, sources, references = pipeline.evaluation_batches(
