@@ -182,6 +182,16 @@ def test_first_examples_of_a_split_spec(tmp_path, split, count, expected):
   assert total == len(reference)
 
 
+def test_split_tags_name_the_examples_without_brackets(tmp_path):
+  builder = datasets.prepare(data_config(tmp_path))
+  tags = {spec: datasets.split_tag(builder, spec) for spec in (
+      "train", "train[0:]", "train[:10]", "train[0:10]", "train[-5:]", "train[:10%]",
+      "validation+train[190:]")}
+  assert tags == {"train": "train", "train[0:]": "train", "train[:10]": "train.0-10",
+                  "train[0:10]": "train.0-10", "train[-5:]": "train.195-200",
+                  "train[:10%]": "train.0-20", "validation+train[190:]": "validation+train.190-200"}
+
+
 def test_splits_are_read_without_an_in_memory_cache(tmp_path):
   """tfds would cache a small split, and every training-iterator checkpoint would carry it."""
   data = data_config(tmp_path)

@@ -311,7 +311,13 @@ def test_evaluate_on_another_dataset_than_the_training_one(trained, tmp_path):
   config.eval.update(dataset="parallel_text", source_dir=str(corpus), split="test")
   result = commands.evaluate(config, workdir)
   assert result["sentences"] == 3 and result["split"] == "test"
+  config.eval.split = "test[1:]"  # a slice: its own output file, not the whole split's
+  result = commands.evaluate(config, workdir)
+  assert result["sentences"] == 2 and result["split"] == "test[1:]"
+  stems = sorted(name.split(".step")[0] for name in os.listdir(os.path.join(workdir, "eval"))
+                 if name.endswith(".json"))
+  assert "test" in stems and "test.1-3" in stems
   config.eval.split = "validation"
-  with pytest.raises(ValueError, match="config.eval.split: parallel_text has no split "
-                                       "'validation'; it has test"):
+  with pytest.raises(DataError, match="config.eval.split: dataset parallel_text has no split "
+                                      "'validation'; it has test"):
     commands.evaluate(config, workdir)

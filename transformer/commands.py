@@ -95,17 +95,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
   loaded = load(config, directory)
   trained = loaded.config
   if config.eval.source_file:
-    evaluation_set, name = _file_eval_set(trained, loaded.tokenizer), os.path.basename(
-        config.eval.source_file)
+    evaluation_set = _file_eval_set(trained, loaded.tokenizer)
+    name = tag = os.path.basename(config.eval.source_file)
   else:
     name = config.eval.split or trained.data.test_split
     if config.eval.get("dataset"):  # e.g. trained on wmt17_translate, tested on wmt14's
       trained.data.update(dataset=config.eval.dataset,
                           source_dir=config.eval.get("source_dir") or trained.data.source_dir)
     builder = datasets.prepare(trained.data)
-    if name not in builder.info.splits:
-      raise ValueError(f"config.eval.split: {trained.data.dataset} has no split '{name}'; it "
-                       f"has {', '.join(builder.info.splits)}")
+    try:
+      tag = datasets.split_tag(builder, name)
+    except DataError as error:
+      raise DataError(f"config.eval.split: {error}") from None
     evaluation_set = inputs.eval_set(builder, trained, loaded.tokenizer, name)
   hypotheses, _ = evaluation.translate_eval_set(loaded.model, loaded.params, evaluation_set,
                                                 loaded.tokenizer, inference.DecodeOptions.from_config(trained.decode),
@@ -121,7 +122,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
                 outputs=evaluation.output_stats(hypotheses, evaluation_set.references))
   output_dir = os.path.join(workdir, "eval")
   tf.io.gfile.makedirs(output_dir)
-  stem = os.path.join(output_dir, output_stem(name, directory, loaded.step, config.decode,
+  stem = os.path.join(output_dir, output_stem(tag, directory, loaded.step, config.decode,
                                               config.eval.bleu_style))
   write_atomically(f"{stem}.hyp.txt", "".join(h + "\n" for h in hypotheses))
   write_atomically(f"{stem}.json", json.dumps(result, indent=2) + "\n")

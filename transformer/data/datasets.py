@@ -116,6 +116,14 @@ def split_ranges(builder: tfds.core.DatasetBuilder, split: str) -> list[tuple[st
           for part in parts]
 
 
+def split_tag(builder: tfds.core.DatasetBuilder, split: str) -> str:
+  """`split` as a file-name tag: 'test' for a whole split, 'test.0-100' for `test[:100]` (no
+  brackets, and specs of the same examples get the same tag)."""
+  return "+".join(
+      name if (start, stop) == (0, builder.info.splits[name].num_examples)
+      else f"{name}.{start}-{stop}" for name, start, stop in split_ranges(builder, split))
+
+
 def first_examples(builder: tfds.core.DatasetBuilder, split: str,
                    count: int | None) -> tuple[str, int]:
   """A split spec for the first `count` examples of `split` in reading order (all of it if
