@@ -34,9 +34,10 @@ COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff",
 # 19 variants outnumber the default 10-colour cycle: tab20's ten strong colours, then their light
 # twins (neighbours in the table never get a colour and its twin).
 PALETTE = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2]
-# A row differs from base only when its BLEU gap exceeds this many seed spreads (the larger of the
-# row's and base's); a single-seed row inside it is one to run with more seeds.
+# A row differs from base only when its gap (perplexity or BLEU) exceeds this many seed spreads (the
+# larger of the row's and base's); a single-seed row inside it is one to run with more seeds.
 TIE_FACTOR = 2.0
+COMPARED = ("eval_perplexity", "eval_bleu")
 
 
 def read_results(root: str) -> list[dict[str, Any]]:
@@ -72,15 +73,20 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def points_needing_seeds(rows: list[dict[str, Any]], factor: float = TIE_FACTOR) -> list[str]:
-  """Single-seed points whose BLEU is within `factor` x base's seed spread of base: their
-  difference cannot be called without more seeds (needs base run with >= 2 seeds)."""
+  """Single-seed points whose perplexity or BLEU is within `factor` x base's seed spread of base:
+  that difference cannot be called without more seeds (needs base run with >= 2 seeds)."""
   folded = aggregate(rows)
   base = next((r for r in folded if r["point"] == "base"), None)
-  if base is None or not base.get("eval_bleu_std"):
+  if base is None:
     return []
+
+  def within(row: dict[str, Any], key: str) -> bool:
+    if row.get(key) is None or not base.get(f"{key}_std"):
+      return False
+    return abs(row[key] - base[key]) < factor * base[f"{key}_std"]
+
   return [row["point"] for row in folded
-          if row is not base and row["seeds"] == 1 and row.get("eval_bleu") is not None
-          and abs(row["eval_bleu"] - base["eval_bleu"]) < factor * base["eval_bleu_std"]]
+          if row is not base and row["seeds"] == 1 and any(within(row, k) for k in COMPARED)]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -95,25 +101,26 @@ def _with_spread(row: dict[str, Any], key: str, digits: int) -> str:
   return text if spread is None else f"{text} ± {spread:.{digits}f}"
 
 
-def _bleu_change(row: dict[str, Any], base: dict[str, Any]) -> str:
-  """BLEU difference to base; 'tie' when it is smaller than TIE_FACTOR x the larger of the two
+def _change(row: dict[str, Any], base: dict[str, Any], key: str, digits: int) -> str:
+  """`key`'s difference to base; 'tie' when it is smaller than TIE_FACTOR x the larger of the two
   rows' seed spreads."""
-  if row is base or row.get("eval_bleu") is None or base.get("eval_bleu") is None:
+  if row is base or row.get(key) is None or base.get(key) is None:
     return ""
-  change = row["eval_bleu"] - base["eval_bleu"]
-  spread = max(row.get("eval_bleu_std") or 0.0, base.get("eval_bleu_std") or 0.0)
-  return f"{change:+.1f}" + (" (tie)" if abs(change) < TIE_FACTOR * spread else "")
+  change = row[key] - base[key]
+  spread = max(row.get(f"{key}_std") or 0.0, base.get(f"{key}_std") or 0.0)
+  return f"{change:+.{digits}f}" + (" (tie)" if abs(change) < TIE_FACTOR * spread else "")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
   """Table 3 layout: the base row in full, other rows show only what they change; seed repeats
-  are folded into mean ± sample std, and a BLEU difference inside TIE_FACTOR spreads is a tie."""
+  are folded into mean ± sample std, and a difference inside TIE_FACTOR spreads is a tie."""
   rows = aggregate(rows)
   base = next((r for r in rows if r["point"] == "base"), rows[0])
   with_reference = any(row.get("reference") for row in rows)
   columns = [(name, key) for name, key in COLUMNS
              if any(row["overrides"].get(key) is not None for row in rows)]
-  header = ["", *[name for name, _ in columns], "seeds", "PPL (dev)", "BLEU (dev)", "vs base",
+  header = ["", *[name for name, _ in columns], "seeds", "PPL (dev)", "BLEU (dev)", "PPL vs base",
+            "BLEU vs base",
             *(["ref. PPL", "ref. BLEU"] if with_reference else []), "params x10^6", "wall min"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
@@ -123,7 +130,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
       changed = row is base or value != base["overrides"].get(key)
       cells.append(_fmt(value) if changed and value is not None else "")
     cells += [str(row["seeds"]), _with_spread(row, "eval_perplexity", 2),
-              _with_spread(row, "eval_bleu", 1), _bleu_change(row, base)]
+              _with_spread(row, "eval_bleu", 1), _change(row, base, "eval_perplexity", 2),
+              _change(row, base, "eval_bleu", 1)]
     if with_reference:
       reference = row.get("reference") or {}
       cells += [_fmt(reference.get("perplexity")), _fmt(reference.get("bleu"), 1)]
@@ -251,14 +259,15 @@ def write_report(root: str, output: str | None = None, early_root: str | None = 
   notes = ["BLEU (dev): " + ("the averaged checkpoint decoded on the whole validation split "
                              "(beam 4)" if averaged else "measured during training")]
   close = points_needing_seeds(rows)
-  if any(row.get("eval_bleu_std") for row in aggregate(rows)):
-    notes.append(f"vs base: (tie) when the BLEU difference is within {TIE_FACTOR:g}x the larger "
-                 "seed spread (std) of the row and base")
+  if any(row.get(f"{key}_std") for row in aggregate(rows) for key in COMPARED):
+    notes.append(f"PPL / BLEU vs base: (tie) when the difference is within {TIE_FACTOR:g}x the "
+                 "larger seed spread (std) of the row and base")
   if early_rows:
     notes.append(f"Hollow markers in bleu_vs_params.png: the same points in {early_root} "
                  f"({_fmt(early_rows[0].get('steps'))} steps)")
   if close:
-    notes.append(f"Within 2x base's seed spread of base, to run with more seeds: "
+    notes.append(f"Within {TIE_FACTOR:g}x base's seed spread of base (perplexity or BLEU), to run "
+                 f"with more seeds: "
                  f"{', '.join(close)} (`--only={','.join(close)} --seeds=0,1,2`)")
   with open(path, "w", encoding="utf-8") as handle:
     handle.write("# Sweep results\n\n" + markdown_table(rows) + "\n\n"

@@ -189,11 +189,11 @@ def test_report_from_fabricated_results(tmp_path):
   text = open(path).read()
   # only the columns some row sets: d_model and h
   assert "|  | d_model | h | seeds | PPL (dev) |" in text
-  assert "| base | 512 | 8 |" in text and "| 1 | 4.92 | 25.8 |  | - | - | 63.0 | 2.0 |" in text
+  assert "| base | 512 | 8 |" in text and "| 1 | 4.92 | 25.8 |  |  | - | - | 63.0 | 2.0 |" in text
   assert "| ref. PPL | ref. BLEU |" in text
   a_row = next(line for line in text.splitlines() if line.startswith("| A_h1"))
   assert "| 1 |" in a_row and "512" not in a_row  # only what the row changes
-  assert "| 1 | 5.37 | 24.9 | -0.9 | 5.29 | 24.8 | 63.0 | 1.0 |" in a_row
+  assert "| 1 | 5.37 | 24.9 | +0.45 | -0.9 | 5.29 | 24.8 | 63.0 | 1.0 |" in a_row
   for image in ("bleu_vs_params.png", "validation_curves.png", "bleu_curves.png"):
     assert os.path.getsize(tmp_path / image) > 1000
 
@@ -378,24 +378,30 @@ def test_a_failing_finish_command_fails_the_attempt(tmp_path):
 
 
 def test_report_uses_the_final_evaluation_and_names_points_needing_seeds(tmp_path):
-  def row(point, bleu, final=None, **overrides):
+  def row(point, bleu, final=None, perplexity=5.0, **overrides):
     return {"point": point, "overrides": {"model.d_ff": 64, **overrides}, "params": 1_000_000,
-            "eval_perplexity": 5.0, "eval_bleu": bleu, "steps": 20, "wall_seconds": 60.0,
+            "eval_perplexity": perplexity, "eval_bleu": bleu, "steps": 20, "wall_seconds": 60.0,
             **({"final_eval": {"bleu": final, "sentences": 1014}} if final else {})}
-  rows = [row("base", 20.0, 30.0), row("base@seed1", 21.0, 31.0, seed=1),
-          row("base@seed2", 22.0, 32.0, seed=2),  # averaged BLEU 31.0 +- 1.0
-          row("close", 20.0, 32.5, **{"model.d_ff": 32}),  # 1.5 < 2 x 1.0
-          row("far", 20.0, 34.0, **{"model.d_ff": 128})]  # 3.0 >= 2 x 1.0
+  rows = [row("base", 20.0, 30.0, 5.0), row("base@seed1", 21.0, 31.0, 5.1, seed=1),
+          row("base@seed2", 22.0, 32.0, 5.2, seed=2),  # 5.10 +- 0.10, averaged BLEU 31.0 +- 1.0
+          row("close", 20.0, 32.5, 5.5, **{"model.d_ff": 32}),  # BLEU 1.5 < 2 x 1.0
+          row("far", 20.0, 34.0, 4.8, **{"model.d_ff": 128}),  # 3.0 >= 2 x 1.0; PPL 0.3 >= 0.2
+          row("flat", 20.0, 28.0, 5.25, **{"model.d_ff": 256})]  # BLEU far, PPL 0.15 < 0.2
   with open(tmp_path / "results.jsonl", "w") as handle:
     handle.writelines(json.dumps(r) + "\n" for r in rows)
   results = report.read_results(str(tmp_path))
-  assert [r["eval_bleu"] for r in results] == [30.0, 31.0, 32.0, 32.5, 34.0]
+  assert [r["eval_bleu"] for r in results] == [30.0, 31.0, 32.0, 32.5, 34.0, 28.0]
   assert results[0]["training_bleu"] == 20.0
-  assert report.points_needing_seeds(results) == ["close"]
+  assert report.points_needing_seeds(results) == ["close", "flat"]
   text = open(report.write_report(str(tmp_path))).read()
-  assert "31.0 ± 1.0" in text and "averaged checkpoint decoded on the whole validation" in text
-  assert "to run with more seeds: close (`--only=close --seeds=0,1,2`)" in text
-  assert "+1.5 (tie)" in text and "+3.0 |" in text and "within 2x the larger seed" in text
+  assert "31.0 ± 1.0" in text and "5.10 ± 0.10" in text
+  assert "averaged checkpoint decoded on the whole validation" in text
+  assert "to run with more seeds: close, flat (`--only=close,flat --seeds=0,1,2`)" in text
+  lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+  assert "| +0.40 | +1.5 (tie) |" in lines["| close"]
+  assert "| -0.30 | +3.0 |" in lines["| far"]
+  assert "| +0.15 (tie) | -3.0 |" in lines["| flat"]
+  assert "PPL / BLEU vs base: (tie) when the difference is within 2x the larger seed" in text
 
 
 def test_wall_time_comes_from_the_trainer_log_across_resumed_sessions(tmp_path):
