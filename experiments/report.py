@@ -72,21 +72,24 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return folded
 
 
-def points_needing_seeds(rows: list[dict[str, Any]], factor: float = TIE_FACTOR) -> list[str]:
-  """Single-seed points whose perplexity or BLEU is within `factor` x base's seed spread of base:
-  that difference cannot be called without more seeds (needs base run with >= 2 seeds)."""
+def _is_tie(row: dict[str, Any], base: dict[str, Any], key: str) -> bool:
+  """Whether `row`'s `key` is within TIE_FACTOR x the larger of its and base's seed spreads of
+  base (never when neither has a spread or either value is missing)."""
+  if row.get(key) is None or base.get(key) is None:
+    return False
+  spread = max(row.get(f"{key}_std") or 0.0, base.get(f"{key}_std") or 0.0)
+  return abs(row[key] - base[key]) < TIE_FACTOR * spread
+
+
+def points_needing_seeds(rows: list[dict[str, Any]]) -> list[str]:
+  """Single-seed points whose perplexity or BLEU is a tie with base (see `_is_tie`): that
+  difference cannot be called without more seeds (needs base run with >= 2 seeds)."""
   folded = aggregate(rows)
   base = next((r for r in folded if r["point"] == "base"), None)
   if base is None:
     return []
-
-  def within(row: dict[str, Any], key: str) -> bool:
-    if row.get(key) is None or not base.get(f"{key}_std"):
-      return False
-    return abs(row[key] - base[key]) < factor * base[f"{key}_std"]
-
   return [row["point"] for row in folded
-          if row is not base and row["seeds"] == 1 and any(within(row, k) for k in COMPARED)]
+          if row is not base and row["seeds"] == 1 and any(_is_tie(row, base, k) for k in COMPARED)]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -102,13 +105,11 @@ def _with_spread(row: dict[str, Any], key: str, digits: int) -> str:
 
 
 def _change(row: dict[str, Any], base: dict[str, Any], key: str, digits: int) -> str:
-  """`key`'s difference to base; 'tie' when it is smaller than TIE_FACTOR x the larger of the two
-  rows' seed spreads."""
+  """`key`'s difference to base, marked '(tie)' as `_is_tie` decides."""
   if row is base or row.get(key) is None or base.get(key) is None:
     return ""
   change = row[key] - base[key]
-  spread = max(row.get(f"{key}_std") or 0.0, base.get(f"{key}_std") or 0.0)
-  return f"{change:+.{digits}f}" + (" (tie)" if abs(change) < TIE_FACTOR * spread else "")
+  return f"{change:+.{digits}f}" + (" (tie)" if _is_tie(row, base, key) else "")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
