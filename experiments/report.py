@@ -37,6 +37,8 @@ PALETTE = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2
 # A row differs from base only when its gap (perplexity or BLEU) exceeds this many seed spreads (the
 # larger of the row's and base's); a single-seed row inside it is one to run with more seeds.
 TIE_FACTOR = 2.0
+# A point that ties base on either metric is run with this many seeds before its tie is called.
+SEEDS_FOR_TIES = 3
 COMPARED = ("eval_perplexity", "eval_bleu")
 
 
@@ -82,14 +84,14 @@ def _is_tie(row: dict[str, Any], base: dict[str, Any], key: str) -> bool:
 
 
 def points_needing_seeds(rows: list[dict[str, Any]]) -> list[str]:
-  """Single-seed points whose perplexity or BLEU is a tie with base (see `_is_tie`): that
-  difference cannot be called without more seeds (needs base run with >= 2 seeds)."""
+  """Points on fewer than SEEDS_FOR_TIES seeds whose perplexity or BLEU is a tie with base (see
+  `_is_tie`): that difference cannot be called without more seeds (needs base on >= 2 seeds)."""
   folded = aggregate(rows)
   base = next((r for r in folded if r["point"] == "base"), None)
   if base is None:
     return []
   return [row["point"] for row in folded
-          if row is not base and row["seeds"] == 1 and any(_is_tie(row, base, k) for k in COMPARED)]
+          if row is not base and row["seeds"] < SEEDS_FOR_TIES and any(_is_tie(row, base, k) for k in COMPARED)]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -267,9 +269,9 @@ def write_report(root: str, output: str | None = None, early_root: str | None = 
     notes.append(f"Hollow markers in bleu_vs_params.png: the same points in {early_root} "
                  f"({_fmt(early_rows[0].get('steps'))} steps)")
   if close:
-    notes.append(f"Within {TIE_FACTOR:g}x base's seed spread of base (perplexity or BLEU), to run "
-                 f"with more seeds: "
-                 f"{', '.join(close)} (`--only={','.join(close)} --seeds=0,1,2`)")
+    seeds = ",".join(str(seed) for seed in range(SEEDS_FOR_TIES))
+    notes.append(f"A tie with base (perplexity or BLEU) on fewer than {SEEDS_FOR_TIES} seeds, to run "
+                 f"with more seeds: {', '.join(close)} (`--only={','.join(close)} --seeds={seeds}`)")
   with open(path, "w", encoding="utf-8") as handle:
     handle.write("# Sweep results\n\n" + markdown_table(rows) + "\n\n"
                  + "".join(f"{note}.\n\n" for note in notes) +

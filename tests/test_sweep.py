@@ -386,17 +386,22 @@ def test_report_uses_the_final_evaluation_and_names_points_needing_seeds(tmp_pat
           row("base@seed2", 22.0, 32.0, 5.2, seed=2),  # 5.10 +- 0.10, averaged BLEU 31.0 +- 1.0
           row("close", 20.0, 32.5, 5.5, **{"model.d_ff": 32}),  # BLEU 1.5 < 2 x 1.0
           row("far", 20.0, 34.0, 4.8, **{"model.d_ff": 128}),  # 3.0 >= 2 x 1.0; PPL 0.3 >= 0.2
-          row("flat", 20.0, 28.0, 5.25, **{"model.d_ff": 256})]  # BLEU far, PPL 0.15 < 0.2
+          row("flat", 20.0, 28.0, 5.25, **{"model.d_ff": 256}),  # BLEU far, PPL 0.15 < 0.2
+          row("pair", 20.0, 30.0, 6.0, **{"model.d_ff": 512}),  # two seeds, BLEU 30.5 a tie
+          row("pair@seed1", 20.0, 31.0, 6.0, seed=1, **{"model.d_ff": 512}),
+          *(row(f"trio@seed{s}", 20.0, 31.0, 6.0, seed=s, **{"model.d_ff": 16})
+            for s in range(3))]  # a tie on three seeds: called
   with open(tmp_path / "results.jsonl", "w") as handle:
     handle.writelines(json.dumps(r) + "\n" for r in rows)
   results = report.read_results(str(tmp_path))
-  assert [r["eval_bleu"] for r in results] == [30.0, 31.0, 32.0, 32.5, 34.0, 28.0]
+  assert [r["eval_bleu"] for r in results][:6] == [30.0, 31.0, 32.0, 32.5, 34.0, 28.0]
   assert results[0]["training_bleu"] == 20.0
-  assert report.points_needing_seeds(results) == ["close", "flat"]
+  assert report.points_needing_seeds(results) == ["close", "flat", "pair"]
   text = open(report.write_report(str(tmp_path))).read()
   assert "31.0 ± 1.0" in text and "5.10 ± 0.10" in text
   assert "averaged checkpoint decoded on the whole validation" in text
-  assert "to run with more seeds: close, flat (`--only=close,flat --seeds=0,1,2`)" in text
+  assert ("on fewer than 3 seeds, to run with more seeds: close, flat, pair "
+          "(`--only=close,flat,pair --seeds=0,1,2`)") in text
   lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
   assert "| +0.40 | +1.5 (tie) |" in lines["| close"]
   assert "| -0.30 | +3.0 |" in lines["| far"]
