@@ -35,7 +35,7 @@ COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff",
 # twins (neighbours in the table never get a colour and its twin).
 PALETTE = plt.get_cmap("tab20").colors[0::2] + plt.get_cmap("tab20").colors[1::2]
 # A row differs from base only when its gap (perplexity or BLEU) exceeds this many seed spreads (the
-# larger of the row's and base's); a single-seed row inside it is one to run with more seeds.
+# larger of the row's and base's); a row inside it is a tie.
 TIE_FACTOR = 2.0
 # A point that ties base on either metric is run with this many seeds before its tie is called.
 SEEDS_FOR_TIES = 3
@@ -85,13 +85,14 @@ def _is_tie(row: dict[str, Any], base: dict[str, Any], key: str) -> bool:
 
 def points_needing_seeds(rows: list[dict[str, Any]]) -> list[str]:
   """Points on fewer than SEEDS_FOR_TIES seeds whose perplexity or BLEU is a tie with base (see
-  `_is_tie`): that difference cannot be called without more seeds (needs base on >= 2 seeds)."""
+  `_is_tie`): that difference cannot be called without more seeds (none is named while neither
+  the row nor base has a spread)."""
   folded = aggregate(rows)
   base = next((r for r in folded if r["point"] == "base"), None)
   if base is None:
     return []
-  return [row["point"] for row in folded
-          if row is not base and row["seeds"] < SEEDS_FOR_TIES and any(_is_tie(row, base, k) for k in COMPARED)]
+  return [row["point"] for row in folded if row is not base and row["seeds"] < SEEDS_FOR_TIES
+          and any(_is_tie(row, base, key) for key in COMPARED)]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
