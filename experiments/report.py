@@ -271,8 +271,9 @@ def write_report(root: str, output: str | None = None, early_root: str | None = 
                  f"({_fmt(early_rows[0].get('steps'))} steps)")
   if close:
     seeds = ",".join(str(seed) for seed in range(SEEDS_FOR_TIES))
-    notes.append(f"A tie with base (perplexity or BLEU) on fewer than {SEEDS_FOR_TIES} seeds, to run "
-                 f"with more seeds: {', '.join(close)} (`--only={','.join(close)} --seeds={seeds}`)")
+    notes.append(f"A tie with base (perplexity or BLEU) on fewer than {SEEDS_FOR_TIES} seeds, "
+                 f"to run with more seeds: {', '.join(close)} "
+                 f"(`--only={','.join(close)} --seeds={seeds}`)")
   with open(path, "w", encoding="utf-8") as handle:
     handle.write("# Sweep results\n\n" + markdown_table(rows) + "\n\n"
                  + "".join(f"{note}.\n\n" for note in notes) +
