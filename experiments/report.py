@@ -57,13 +57,18 @@ def read_results(root: str) -> list[dict[str, Any]]:
           for row in sweep.recorded_rows(root).values()]
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One row per point, its seed repeats (`NAME@seedS`) folded in: means, sample std, count."""
+def seed_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+  """The rows of each point, its seed repeats (`NAME@seedS`) with it, keyed by the point's name."""
   groups: dict[str, list[dict[str, Any]]] = {}
   for row in rows:
     groups.setdefault(row["point"].split("@seed")[0], []).append(row)
+  return groups
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One row per point, its seed repeats folded in: means, sample std, count."""
   folded = []
-  for name, members in groups.items():
+  for name, members in seed_groups(rows).items():
     row = {**members[0], "point": name, "seeds": len(members),
            "overrides": {k: v for k, v in members[0]["overrides"].items() if k != "seed"}}
     for key in ("eval_perplexity", "eval_bleu", "wall_seconds"):
@@ -83,16 +88,24 @@ def _is_tie(row: dict[str, Any], base: dict[str, Any], key: str) -> bool:
   return abs(row[key] - base[key]) < TIE_FACTOR * spread
 
 
+def _first_seed(members: list[dict[str, Any]]) -> dict[str, Any]:
+  """The member run with the lowest seed (the one a sweep runs first)."""
+  return min(members, key=lambda row: row["overrides"].get("seed", 0))
+
+
 def points_needing_seeds(rows: list[dict[str, Any]]) -> list[str]:
-  """Points on fewer than SEEDS_FOR_TIES seeds whose perplexity or BLEU is a tie with base (see
-  `_is_tie`): that difference cannot be called without more seeds (none is named while neither
-  the row nor base has a spread)."""
+  """Points on fewer than SEEDS_FOR_TIES seeds whose first seed's perplexity or BLEU tied base,
+  or whose mean ties it now (see `_is_tie`): such a difference is called on SEEDS_FOR_TIES seeds
+  only, even if a second seed has moved it past the threshold (none is named while base has no
+  spread and the row none of its own)."""
   folded = aggregate(rows)
   base = next((r for r in folded if r["point"] == "base"), None)
   if base is None:
     return []
+  members = seed_groups(rows)
   return [row["point"] for row in folded if row is not base and row["seeds"] < SEEDS_FOR_TIES
-          and any(_is_tie(row, base, key) for key in COMPARED)]
+          and any(_is_tie(row, base, key) or _is_tie(_first_seed(members[row["point"]]), base, key)
+                  for key in COMPARED)]
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -271,8 +284,8 @@ def write_report(root: str, output: str | None = None, early_root: str | None = 
                  f"({_fmt(early_rows[0].get('steps'))} steps)")
   if close:
     seeds = ",".join(str(seed) for seed in range(SEEDS_FOR_TIES))
-    notes.append(f"A tie with base (perplexity or BLEU) on fewer than {SEEDS_FOR_TIES} seeds, "
-                 f"to run with more seeds: {', '.join(close)} "
+    notes.append(f"A tie with base (perplexity or BLEU) on its first seed or now, on fewer than "
+                 f"{SEEDS_FOR_TIES} seeds, to run with more seeds: {', '.join(close)} "
                  f"(`--only={','.join(close)} --seeds={seeds}`)")
   with open(path, "w", encoding="utf-8") as handle:
     handle.write("# Sweep results\n\n" + markdown_table(rows) + "\n\n"

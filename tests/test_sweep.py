@@ -389,24 +389,28 @@ def test_report_uses_the_final_evaluation_and_names_points_needing_seeds(tmp_pat
           row("flat", 20.0, 28.0, 5.25, **{"model.d_ff": 256}),  # BLEU far, PPL 0.15 < 0.2
           row("pair", 20.0, 30.0, 6.0, **{"model.d_ff": 512}),  # two seeds, BLEU 30.5 a tie
           row("pair@seed1", 20.0, 31.0, 6.0, seed=1, **{"model.d_ff": 512}),
+          row("drifted", 20.0, 29.2, 6.0, **{"model.d_ff": 1024}),  # seed 0: -1.8, a tie
+          row("drifted@seed1", 20.0, 28.0, 6.0, seed=1, **{"model.d_ff": 1024}),  # now -2.4
           *(row(f"trio@seed{s}", 20.0, 31.0, 6.0, seed=s, **{"model.d_ff": 16})
             for s in range(3))]  # a tie on three seeds: called
   with open(tmp_path / "results.jsonl", "w") as handle:
     handle.writelines(json.dumps(r) + "\n" for r in rows)
   results = report.read_results(str(tmp_path))
   assert [r["eval_bleu"] for r in results] == [30.0, 31.0, 32.0, 32.5, 34.0, 28.0,
-                                               30.0, 31.0, 31.0, 31.0, 31.0]
+                                               30.0, 31.0, 29.2, 28.0, 31.0, 31.0, 31.0]
   assert results[0]["training_bleu"] == 20.0
-  assert report.points_needing_seeds(results) == ["close", "flat", "pair"]
+  # drifted: no longer a tie on two seeds, but its first seed tied, so it gets its third.
+  assert report.points_needing_seeds(results) == ["close", "flat", "pair", "drifted"]
   text = open(report.write_report(str(tmp_path))).read()
   assert "31.0 ± 1.0" in text and "5.10 ± 0.10" in text
   assert "averaged checkpoint decoded on the whole validation" in text
-  assert ("on fewer than 3 seeds, to run with more seeds: close, flat, pair "
-          "(`--only=close,flat,pair --seeds=0,1,2`)") in text
+  assert ("on fewer than 3 seeds, to run with more seeds: close, drifted, flat, pair "
+          "(`--only=close,drifted,flat,pair --seeds=0,1,2`)") in text
   lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
   assert "| +0.40 | +1.5 (tie) |" in lines["| close"]
   assert "| -0.30 | +3.0 |" in lines["| far"]
   assert "| +0.15 (tie) | -3.0 |" in lines["| flat"]
+  assert "| +0.90 | -2.4 |" in lines["| drifted"]
   assert "PPL / BLEU vs base: (tie) when the difference is within 2x the larger seed" in text
 
 
