@@ -128,9 +128,21 @@ def _change(row: dict[str, Any], base: dict[str, Any], key: str, digits: int) ->
   return f"{change:+.{digits}f}" + (" (tie)" if _is_tie(row, base, key) else "")
 
 
+def setting(row: dict[str, Any], key: str) -> Any:
+  """A row's value for a dotted config `key`: its override, else its recorded full config's value
+  (None for a row recorded without one)."""
+  if key in row["overrides"]:
+    return row["overrides"][key]
+  value: Any = row.get("config") or {}
+  for part in key.split("."):
+    value = value.get(part) if isinstance(value, dict) else None
+  return value
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-  """Table 3 layout: the base row in full, other rows show only what they change; seed repeats
-  are folded into mean ± sample std, and a difference inside TIE_FACTOR spreads is a tie."""
+  """Table 3 layout: the base row in full (a setting it leaves at the config's value shows that
+  value), other rows only what they change; seed repeats are folded into mean ± sample std, and
+  a difference inside TIE_FACTOR spreads is a tie."""
   rows = aggregate(rows)
   base = next((r for r in rows if r["point"] == "base"), rows[0])
   with_reference = any(row.get("reference") for row in rows)
@@ -143,8 +155,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
   for row in rows:
     cells = [row["point"]]
     for _, key in columns:
-      value = row["overrides"].get(key)
-      changed = row is base or value != base["overrides"].get(key)
+      value = setting(row, key)
+      changed = row is base or value != setting(base, key)
       cells.append(_fmt(value) if changed and value is not None else "")
     cells += [str(row["seeds"]), _with_spread(row, "eval_perplexity", 2),
               _with_spread(row, "eval_bleu", 1), _change(row, base, "eval_perplexity", 2),

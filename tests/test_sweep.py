@@ -59,16 +59,24 @@ def test_depth_diagnostic_changes_only_normalization_or_learning_rate_of_table3_
 
 def test_report_shows_normalization_and_learning_rate_only_where_a_row_changes_them():
   row = {"params": 1e6, "eval_perplexity": 5.0, "eval_bleu": 30.0, "wall_seconds": 60.0}
+  post = {"model": {"normalization": "post"}, "train": {"learning_rate_factor": 0.5}}
   base = {**row, "point": "base", "overrides": {"train.learning_rate_factor": 0.5}}
   rows = [base, {**row, "point": "pre", "overrides": {"train.learning_rate_factor": 0.5,
                                                        "model.normalization": "pre"}},
           {**row, "point": "slow", "overrides": {"train.learning_rate_factor": 0.25}}]
   lines = report.markdown_table(rows).splitlines()
   assert lines[0].startswith("|  | LN | lr factor | seeds |")
-  assert lines[2].startswith("| base |  | 0.50 | 1 |")
+  assert lines[2].startswith("| base |  | 0.50 | 1 |")  # recorded without its config
   assert lines[3].startswith("| pre | pre |  | 1 |")
   assert lines[4].startswith("| slow |  | 0.25 | 1 |")
   assert report.markdown_table([base]).splitlines()[0].startswith("|  | lr factor | seeds |")
+  # With their full configs: base shows the config's own LN, and a row that sets base's value
+  # explicitly shows nothing.
+  same = {**row, "point": "same", "overrides": {"model.normalization": "post"}, "config": post}
+  lines = report.markdown_table([{**base, "config": post}, rows[1], same]).splitlines()
+  assert lines[2].startswith("| base | post | 0.50 | 1 |")
+  assert lines[3].startswith("| pre | pre |  | 1 |")
+  assert lines[4].startswith("| same |  |  | 1 |")
 
 
 def small_sweep(points):
