@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.configs import multi30k  # noqa: E402
-from transformer import run, sharding  # noqa: E402
+from transformer import sharding, steps  # noqa: E402
 from transformer.data import datasets, inputs  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -41,17 +41,17 @@ def pipeline_rate(config, builder, tokenizer, batches: int) -> float:
   return tokens / (time.perf_counter() - start)
 
 
-def step_rate(config, builder, tokenizer, steps: int) -> float:
+def step_rate(config, builder, tokenizer, num_steps: int) -> float:
   """Tokens/s of the jitted train step of the paper's base model on the same batches."""
-  setup = run.make_setup(config, tokenizer.vocab_size)
-  state = run.initial_state(setup)
-  step = run.compiled_train_step(setup, config)
+  setup = steps.make_setup(config, tokenizer.vocab_size)
+  state = steps.initial_state(setup)
+  step = steps.compiled_train_step(setup, config)
   batches = inputs.train_dataset(builder, config, tokenizer).as_numpy_iterator()
   batch = next(batches)
   state, metrics = step(state, sharding.global_batch(batch, setup.mesh))  # compile
   metrics["loss_sum"].block_until_ready()
   start, tokens = time.perf_counter(), 0
-  for _ in range(steps):
+  for _ in range(num_steps):
     batch = next(batches)
     state, metrics = step(state, sharding.global_batch(batch, setup.mesh))
     tokens += real_tokens(batch)

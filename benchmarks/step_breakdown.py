@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 import train_speed
-from transformer import run, training
+from transformer import flops, training
 
 Runner = Callable[[int], float]
 
@@ -53,8 +53,8 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
-  peak = run.measured_cpu_peak_flops()
-  full, flops, _ = train_speed.jax_step(args.size)
+  peak = flops.measured_cpu_peak_flops()
+  full, step_flops, _ = train_speed.jax_step(args.size)
   runners = {"full step": full,
              "no dropout": train_speed.jax_step(args.size, dropout_rate=0.0)[0],
              "rbg dropout PRNG": train_speed.jax_step(args.size, "rbg")[0],
@@ -65,15 +65,15 @@ def main() -> None:
     for name, runner in runners.items():
       times[name].append(runner(args.steps) / args.steps)
   ms = {name: 1e3 * float(np.median(values)) for name, values in times.items()}
-  ms["at matmul peak"] = 1e3 * flops / peak
+  ms["at matmul peak"] = 1e3 * step_flops / peak
   derived = {"dropout": ms["full step"] - ms["no dropout"],
              "backward": ms["forward + backward"] - ms["forward + loss"],
              "Adam update + metrics": ms["full step"] - ms["forward + backward"]}
   os.makedirs(train_speed.RESULTS, exist_ok=True)
   with open(os.path.join(train_speed.RESULTS, f"step_breakdown_{args.size}.json"), "w") as out:
-    json.dump({"size": args.size, "peak_flops": peak, "flops_per_step": flops,
+    json.dump({"size": args.size, "peak_flops": peak, "flops_per_step": step_flops,
                "ms_per_step": ms, "derived_ms": derived}, out, indent=2)
-  print(f"{args.size}: {flops / 1e9:.1f} GFLOP per step, matmul peak {peak / 1e9:.0f} GFLOP/s")
+  print(f"{args.size}: {step_flops / 1e9:.1f} GFLOP per step, matmul peak {peak / 1e9:.0f} GFLOP/s")
   print("| variant | ms per step | share of the full step |")
   print("|---|---|---|")
   for name, value in [*ms.items(), *[(f"= {k}", v) for k, v in derived.items()]]:

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax_peer  # noqa: E402
 import train_speed  # noqa: E402
-from transformer import run  # noqa: E402
+from transformer import steps  # noqa: E402
 
 # First matching keyword (in the lower-cased op_name) names the part.
 PARTS = [("dropout", "dropout"), ("rng", "dropout"), ("random", "dropout"),
@@ -163,7 +163,7 @@ def breakdown(compiled, run_steps: Callable[[int], Any], steps: int) -> dict[str
 def ours(size: str, shape: tuple[int, int]):
   """(compiled step, k-steps runner) of our train step."""
   config, setup, state, batch = train_speed.jax_setup(size, "rbg", *shape)
-  compiled = run.compiled_train_step(setup, config).lower(state, batch).compile()
+  compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
   return compiled, train_speed.timed_runner(lambda current: compiled(current, batch), state)
 
 

@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
 from experiments.configs import wmt14_base, wmt14_big  # noqa: E402
-from transformer import flops, run, tpu_slices  # noqa: E402
+from transformer import flops, steps, tpu_slices  # noqa: E402
 
 MODELS = {"base": wmt14_base.get_config, "big": wmt14_big.get_config}
 # (name, mesh, remat): pure data parallelism; parameters and Adam state sharded over every chip
@@ -57,11 +57,11 @@ def configured(model: str, layout: tuple) -> ml_collections.ConfigDict:
 def train_only(config: ml_collections.ConfigDict, accelerator: str) -> dict:
   """Modeled figures of the train step alone (the decode step is compiled for the winner)."""
   slice_ = tpu_slices.get_slice(accelerator)
-  setup = run.make_setup(config, devices=aot.slice_devices(slice_))
+  setup = steps.make_setup(config, devices=aot.slice_devices(slice_))
   step = aot.compile_or_oom(aot.compile_train_step, setup, config, slice_.chip)
   result = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "train": step}
   if step["fits"]:
-    result["modeled_mfu"] = flops.mfu(run.model_flops_per_step(setup, config), 1,
+    result["modeled_mfu"] = flops.mfu(steps.model_flops_per_step(setup, config), 1,
                                       step["modeled_step_seconds"],
                                       slice_.chips * slice_.chip.peak_bf16_flops)
   return result

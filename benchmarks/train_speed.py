@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.configs import common  # noqa: E402
-from transformer import run, sharding, training  # noqa: E402
+from transformer import flops, sharding, steps, training  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SIZES = {"tiny": (64, 4, 256, 2), "small": (256, 4, 1024, 3), "base": (512, 8, 2048, 6)}
@@ -60,8 +60,8 @@ def jax_setup(size: str, prng_impl: str = "threefry2x32", batch_size: int = BATC
   config.data.update(dict(packed_length=length, batch_size=batch_size))
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
   config.train.prng_impl = prng_impl
-  setup = run.make_setup(config, devices=jax.devices()[:1])
-  state = run.initial_state(setup)
+  setup = steps.make_setup(config, devices=jax.devices()[:1])
+  state = steps.initial_state(setup)
   batch = {k: np.array(v) for k, v in training.dummy_batch(batch_size, length).items()}
   for feature, ids in zip(("inputs", "targets"), random_pair(batch_size, length)):
     batch[feature] = ids
@@ -92,8 +92,8 @@ def jax_step(size: str, prng_impl: str = "threefry2x32", shape: tuple[int, int] 
 
   MFU counts model FLOPs (transformer/flops.py, the usual definition) for every framework."""
   config, setup, state, batch = jax_setup(size, prng_impl, *shape, **model_overrides)
-  compiled = run.compiled_train_step(setup, config).lower(state, batch).compile()
-  flops = run.model_flops_per_step(setup, config)
+  compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
+  flops = steps.model_flops_per_step(setup, config)
   memory = compiled.memory_analysis()
   footprint = memory.temp_size_in_bytes + memory.argument_size_in_bytes
   return timed_runner(lambda current: compiled(current, batch), state), flops, footprint
@@ -162,7 +162,7 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
       a @ a
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
-  return {"jax": max(run.measured_cpu_peak_flops(size, repeats) for _ in range(3)),
+  return {"jax": max(flops.measured_cpu_peak_flops(size, repeats) for _ in range(3)),
           "torch": max(torch_peak() for _ in range(3))}
 
 

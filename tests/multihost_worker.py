@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 
-from transformer import distributed, run, sharding  # noqa: E402
+from transformer import distributed, sharding, steps  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import test_training  # noqa: E402
@@ -29,9 +29,9 @@ def main() -> None:
     raise SystemExit(f"error: {error}")
   config = tiny_config.get_config()
   config.train.warmup_steps = 2
-  setup = run.make_setup(config)
-  state = run.initial_state(setup)
-  step = run.compiled_train_step(setup, config)
+  setup = steps.make_setup(config)
+  state = steps.initial_state(setup)
+  step = steps.compiled_train_step(setup, config)
   losses = []
   for batch in test_training.fixed_batches(3):
     rows = len(batch["inputs"]) // num_processes

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import aot, flops, run, sharding, tpu_slices
+from transformer import aot, flops, sharding, steps, tpu_slices
 from transformer.config import ModelConfig
 from transformer.model import Transformer
 
@@ -78,18 +78,18 @@ def test_global_flops_and_mfu_do_not_depend_on_the_device_count():
   config = tiny()
   counts = {}
   for devices in (jax.devices()[:1], jax.devices()):
-    setup = run.make_setup(config, devices=devices)
+    setup = steps.make_setup(config, devices=devices)
     compiled = aot.compile_train_step(setup, config)
     counts[len(devices)] = aot._step_report(compiled, len(devices), None)["flops_per_step"]
-    assert run.model_flops_per_step(setup, config) == run.model_flops_per_step(
-        run.make_setup(config, devices=jax.devices()[:1]), config)
+    assert steps.model_flops_per_step(setup, config) == steps.model_flops_per_step(
+        steps.make_setup(config, devices=jax.devices()[:1]), config)
   # XLA counts work replicated on every device (the optimizer update of replicated parameters)
   # once per device; the matmuls split exactly.
   assert counts[8] == pytest.approx(counts[1], rel=0.15)
   assert counts[8] >= counts[1]
-  model_flops = run.model_flops_per_step(run.make_setup(config), config)
+  model_flops = steps.model_flops_per_step(steps.make_setup(config), config)
   for devices in (1, 8):
-    peak = run.peak_flops(1e9, devices)
+    peak = flops.peak_flops(1e9, devices)
     assert peak == 1e9 * devices
     assert flops.mfu(model_flops, 10, 2.0, peak) == pytest.approx(
         model_flops * 10 / 2.0 / (1e9 * devices))

@@ -66,10 +66,10 @@ def test_experiment_config_lists_every_model_field():
 def test_experiment_configs_build_valid_models(name, arg):
   import importlib
 
-  from transformer import run
+  from transformer import steps
   module = importlib.import_module(f"experiments.configs.{name}")
   config = module.get_config() if arg is None else module.get_config(arg)
-  run.validate(config)
+  steps.validate(config)
   model = configs.from_dict(config.model.to_dict())
   assert model.vocab_size == config.tokenizer.vocab_size
   assert config.data.max_train_length <= config.data.packed_length

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from transformer import checkpointing, losses, run, sharding, training
+from transformer import checkpointing, flops, losses, run, sharding, steps, training
 
 import tiny_config as tiny_config_file
 
@@ -126,9 +126,9 @@ def losses_on_mesh(config, mesh_shape, devices, batches):
   """Per-step training losses on `batches` with the given mesh."""
   config = config.copy_and_resolve_references()
   config.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
-  setup = run.make_setup(config, devices=devices)
-  state = run.initial_state(setup)
-  step = run.compiled_train_step(setup, config)
+  setup = steps.make_setup(config, devices=devices)
+  state = steps.initial_state(setup)
+  step = steps.compiled_train_step(setup, config)
   result = []
   for batch in batches:
     state, metrics = step(state, sharding.global_batch(batch, setup.mesh))
@@ -173,18 +173,18 @@ def test_rbg_dropout_prng_trains_from_the_same_initial_parameters(data_dir):
   assert rbg[0] != threefry[0]
   config.train.prng_impl = "philox"
   with pytest.raises(ValueError, match="config.train.prng_impl must be one of threefry2x32, rbg"):
-    run.validate(config)
+    steps.validate(config)
 
 
 def test_a_cpu_peak_measured_under_load_is_measured_again(monkeypatch):
   measurements = iter([3e9])
-  monkeypatch.setattr(run, "measured_cpu_peak_flops", lambda: next(measurements))
+  monkeypatch.setattr(flops, "measured_cpu_peak_flops", lambda: next(measurements))
   # The step ran faster than the start-up peak: that peak was measured under load.
-  assert run.corrected_peak(1e9, 2e9, configured=0.0) == 3e9
-  assert run.corrected_peak(1e9, 0.5e9, configured=0.0) == 1e9  # plausible: kept
-  assert run.corrected_peak(1e9, 2e9, configured=1e9) == 1e9  # the user's number stands
+  assert flops.corrected_peak(1e9, 2e9, configured=0.0) == 3e9
+  assert flops.corrected_peak(1e9, 0.5e9, configured=0.0) == 1e9  # plausible: kept
+  assert flops.corrected_peak(1e9, 2e9, configured=1e9) == 1e9  # the user's number stands
   measurements = iter([0.8e9])  # a second measurement that is lower still is not taken
-  assert run.corrected_peak(1e9, 2e9, configured=0.0) == 1e9
+  assert flops.corrected_peak(1e9, 2e9, configured=0.0) == 1e9
 
 
 def test_mesh_errors():
@@ -199,15 +199,15 @@ def test_mesh_errors():
 def test_restore_onto_a_different_mesh(data_dir, tmp_path):
   config = tiny_config(data_dir)
   config.mesh.update(dict(data=8, fsdp=1, tensor=1))
-  saved_setup = run.make_setup(config)
-  state = run.initial_state(saved_setup)
+  saved_setup = steps.make_setup(config)
+  state = steps.initial_state(saved_setup)
   manager = checkpointing.make_manager(str(tmp_path), keep=2, save_every=1,
                                        best_metric="eval_loss", best_mode="min")
   iterator = _FakeIterator()
   checkpointing.save(manager, 1, state, iterator, {"note": "x"}, force=True)
   manager.wait_until_finished()
   config.mesh.update(dict(data=2, fsdp=4, tensor=1))
-  restored_setup = run.make_setup(config)
+  restored_setup = steps.make_setup(config)
   restored, metadata = checkpointing.restore(manager, 1, restored_setup.abstract_state,
                                              _FakeIterator())
   assert metadata == {"note": "x"}
@@ -362,7 +362,7 @@ def test_nan_stops_and_keeps_only_checkpoints_with_finite_parameters(data_dir, t
   assert saved, "the run diverged before its first checkpoint: the test checks nothing"
   manager = checkpointing.read_only_manager(str(tmp_path / "checkpoints"))
   config = tiny_config(data_dir)
-  state, _ = checkpointing.restore(manager, saved[-1], run.make_setup(config).abstract_state)
+  state, _ = checkpointing.restore(manager, saved[-1], steps.make_setup(config).abstract_state)
   assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
   assert f"last good checkpoint is step {saved[-1]}" in message[0]
 
@@ -374,7 +374,7 @@ def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_p
   manager = checkpointing.make_manager(str(tmp_path / "checkpoints"), keep=5, save_every=1,
                                        best_metric="eval_loss", best_mode="min")
   builder, tokenizer = run.prepare_inputs(config, str(tmp_path))
-  setup = run.make_setup(config, tokenizer.vocab_size)
+  setup = steps.make_setup(config, tokenizer.vocab_size)
   iterator = run.dataset_iterator.TfDatasetIterator(
       run.inputs.train_dataset(builder, config, tokenizer), checkpoint=True)
   state, metadata = checkpointing.restore(manager, 10, setup.abstract_state, iterator)

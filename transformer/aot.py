@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from transformer import flops, inference, run, sharding, tpu_slices, training
+from transformer import flops, inference, sharding, steps, tpu_slices, training
 from transformer.tpu_slices import GIB, Slice
 
 MODELED = "XLA TPU cost model, not measured"
@@ -88,17 +88,17 @@ def _abstract(shape: Sequence[int], dtype: Any, sharding_: Any) -> jax.ShapeDtyp
   return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding_)
 
 
-def compile_train_step(setup: run.Setup, config: ml_collections.ConfigDict) -> Any:
+def compile_train_step(setup: steps.Setup, config: ml_collections.ConfigDict) -> Any:
   """The training step compiled for `setup.mesh` at the configured batch shape."""
   data = config.data
   batch_sharding = sharding.batch_sharding(setup.mesh)
   batch = jax.tree.map(lambda x: _abstract((data.batch_size,) + x.shape[1:], x.dtype,
                                            batch_sharding),
                        training.dummy_batch(1, data.packed_length, data.packed_inputs_length))
-  return run.compiled_train_step(setup, config).lower(setup.abstract_state, batch).compile()
+  return steps.compiled_train_step(setup, config).lower(setup.abstract_state, batch).compile()
 
 
-def compile_decode_step(setup: run.Setup, config: ml_collections.ConfigDict) -> Any:
+def compile_decode_step(setup: steps.Setup, config: ml_collections.ConfigDict) -> Any:
   """The configured decoding (beam search by default) of one evaluation batch, compiled."""
   inputs = _abstract((config.data.eval_batch_size, config.data.max_eval_length), np.int32,
                      sharding.batch_sharding(setup.mesh))
@@ -130,7 +130,7 @@ _OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?\(([\d.]+)
                             r".*?\(([\d.]+)([KMGT])\)")
 
 
-def compile_or_oom(compile_step: Any, setup: run.Setup, config: ml_collections.ConfigDict,
+def compile_or_oom(compile_step: Any, setup: steps.Setup, config: ml_collections.ConfigDict,
                     chip: tpu_slices.Chip | None) -> dict[str, Any]:
   """The step's report, or `fits: False` with XLA's figures when XLA:TPU runs out of HBM.
 
@@ -159,7 +159,7 @@ def compile_report(config: ml_collections.ConfigDict, accelerator_type: str | No
   slice_ = tpu_slices.get_slice(accelerator_type) if accelerator_type else None
   num_slices = config.mesh.get("dcn_data", 1)
   devices = slice_devices(slice_, num_slices) if slice_ else jax.devices()
-  setup = run.make_setup(config, devices=devices)
+  setup = steps.make_setup(config, devices=devices)
   model_config = setup.model.config
   data = config.data
   source_length = data.packed_inputs_length or data.packed_length

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from transformer import bleu_styles, checkpointing, evaluation, inference, run, sharding
+from transformer import bleu_styles, checkpointing, evaluation, inference, sharding, steps
 from transformer.data import datasets, inputs, pipeline
 from transformer.data.corpus import DataError
 from transformer.data import tokenizer as tokenizer_lib
@@ -66,7 +66,7 @@ def load(config: ml_collections.ConfigDict, directory: str, step: int | None = N
                                                        "eval_batch_size")})
     else:
       trained[section] = config[section]
-  setup = run.make_setup(trained)
+  setup = steps.make_setup(trained)
   state, _ = checkpointing.restore(manager, step, setup.abstract_state)
   tokenizer = tokenizer_lib.from_bytes(checkpointing.decode_bytes(metadata["tokenizer"]))
   return Loaded(trained, setup.model, state.params, tokenizer, step, setup.mesh)
@@ -260,7 +260,7 @@ def average(config: ml_collections.ConfigDict, workdir: str) -> str:
   loaded = [load(config, directory, step) for step in steps]
   averaged = jax.tree.map(lambda *p: sum(p) / len(p), *[item.params for item in loaded])
   metadata = checkpointing.restore_metadata(manager, steps[-1])
-  setup = run.make_setup(loaded[-1].config)
+  setup = steps.make_setup(loaded[-1].config)
   state, _ = checkpointing.restore(manager, steps[-1], setup.abstract_state)
   output = os.path.join(workdir, "averaged")
   writer = ocp.CheckpointManager(checkpointing.checkpoint_path(output),

@@ -1,4 +1,4 @@
-"""Model FLOPs of a training step, written from the architecture, and MFU.
+"""Model FLOPs of a training step, written from the architecture, peak FLOP/s, and MFU.
 
 MFU follows the usual definition (PaLM, Chowdhery et al. 2022, App. B): the FLOPs the model
 needs for the tokens it processed (forward and backward, no recomputation, no replicated
@@ -8,6 +8,11 @@ rematerialisation, element-wise work and work replicated across devices.
 """
 
 from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
 
 from transformer.config import ModelConfig
 
@@ -53,3 +58,45 @@ def mfu(model_flops_per_step: float, steps: int, seconds: float, peak_flops: flo
   if seconds <= 0 or peak_flops <= 0:
     return 0.0
   return model_flops_per_step * steps / seconds / peak_flops
+
+
+# Dense bf16 peak FLOP/s per device, for MFU (public spec sheets).
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12, "H200": 989e12,
+              "A100": 312e12}
+
+
+
+def measured_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a large jitted float32 matmul on this host (the CPU's practical peak): the
+  fastest of `repeats` calls, so that a moment of other load does not lower it."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  fastest = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    fastest = min(fastest, time.perf_counter() - start)
+  return 2 * size**3 / fastest
+
+
+def corrected_peak(peak: float, achieved_flops: float, configured: float) -> float:
+  """The peak to divide by: a measured CPU peak below what a train step achieved was measured
+  while other work loaded the cores (MFU > 100%), so it is measured again (the larger counts)."""
+  if configured > 0 or achieved_flops <= peak or jax.devices()[0].platform != "cpu":
+    return peak
+  return max(peak, measured_cpu_peak_flops())
+
+
+def peak_flops(configured: float, num_devices: int) -> float:
+  """Peak FLOP/s of `num_devices` devices together: configured per device, from the spec table,
+  or measured (CPU: simulated devices share the host's cores, so the host's matmul peak)."""
+  devices = jax.devices()
+  if configured > 0:
+    return configured * num_devices
+  if devices[0].platform == "cpu":
+    return measured_cpu_peak_flops()
+  kind = devices[0].device_kind
+  per_device = next((peak for name, peak in PEAK_FLOPS.items() if name in kind), 0.0)
+  return per_device * num_devices
