@@ -9,6 +9,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as transformer/__init__.p
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the [tpu] extra) is for AOT compilation
 
+import transformer  # noqa: E402, F401  (quiet JAX start-up with the CUDA plugin installed)
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 import tensorflow as tf  # noqa: E402
 
