@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from transformer import masks
 from transformer.config import ModelConfig
+from transformer.masks import Mask
 
 # A large negative logit for masked positions: finite so that fully masked rows stay NaN-free.
 _MASKED_LOGIT = -1e10
@@ -45,6 +47,25 @@ def fused_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
                     mask: jnp.ndarray | None) -> jnp.ndarray:
   """The same function through `jax.nn.dot_product_attention` (fused kernels on GPU)."""
   return jax.nn.dot_product_attention(query, key, value, mask=mask)
+
+
+def cudnn_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
+                    mask: Mask | None) -> jnp.ndarray:
+  """The same function as cuDNN's fused (flash) attention kernel; bfloat16/float16, GPU only.
+
+  Right-padded rows pass their lengths and causality (`Mask.query_lengths`, `key_lengths`,
+  `causal`), so no `[B, 1, Q, S]` mask is materialized and cuDNN skips the masked blocks. Packed
+  rows (segment ids) pass the boolean mask, which cuDNN applies as an additive bias.
+  """
+  if mask is None:
+    return jax.nn.dot_product_attention(query, key, value, implementation="cudnn")
+  if mask.query_lengths is None:
+    return jax.nn.dot_product_attention(query, key, value, mask=mask.dense,
+                                        is_causal=mask.causal, implementation="cudnn")
+  return jax.nn.dot_product_attention(query, key, value, is_causal=mask.causal,
+                                      query_seq_lengths=mask.query_lengths,
+                                      key_value_seq_lengths=mask.key_lengths,
+                                      implementation="cudnn")
 
 
 def blockwise_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
@@ -135,8 +156,11 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray | None,
-               mask: jnp.ndarray | None) -> jnp.ndarray:
-    """`[B, Q, D]` queries attend over `[B, S, D]` keys/values; returns `[B, Q, D]`."""
+               mask: Mask | jnp.ndarray | None) -> jnp.ndarray:
+    """`[B, Q, D]` queries attend over `[B, S, D]` keys/values; returns `[B, Q, D]`.
+
+    `mask` is a `masks.Mask` or its boolean `[B, 1, Q, S]` form (True: may attend).
+    """
     config = self.config
     query = _projection(config, config.d_k, "query")(inputs_q)  # [B, Q, H, K]
     key_projection = _projection(config, config.d_k, "key")
@@ -153,12 +177,16 @@ class MultiHeadAttention(nn.Module):
     dropout_rng = None
     if not self.deterministic and config.attention_dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
-    if config.attention_kernel == "jax":
-      attended = fused_attention(query, key, value, mask)
+    dense = masks.dense_of(mask)
+    if config.attention_kernel == "cudnn":
+      structured = mask if isinstance(mask, Mask) or mask is None else Mask(mask)
+      attended = cudnn_attention(query, key, value, structured)
+    elif config.attention_kernel == "jax":
+      attended = fused_attention(query, key, value, dense)
     elif config.attention_kernel == "blockwise":
-      attended = blockwise_attention(query, key, value, mask, config.attention_block_size)
+      attended = blockwise_attention(query, key, value, dense, config.attention_block_size)
     else:
-      attended, weights = reference_attention(query, key, value, mask, dropout_rng,
+      attended, weights = reference_attention(query, key, value, dense, dropout_rng,
                                               config.attention_dropout_rate)
       self.sow("intermediates", "attention_weights", weights)
     attended = nn.with_logical_constraint(attended, ("batch", "length", "heads", "kv"))
@@ -174,8 +202,8 @@ class MultiHeadAttention(nn.Module):
         name="out")(attended)
     return output
 
-  def _append_to_cache(self, key: jnp.ndarray, value: jnp.ndarray, mask: jnp.ndarray | None
-                       ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+  def _append_to_cache(self, key: jnp.ndarray, value: jnp.ndarray, mask: Mask | jnp.ndarray | None
+                       ) -> tuple[jnp.ndarray, jnp.ndarray, Mask | None]:
     """Writes this step's keys/values at the cache index; returns the whole cache and its mask.
 
     The call that creates the cache (inputs of the full decode length) only allocates it.
@@ -195,5 +223,10 @@ class MultiHeadAttention(nn.Module):
     query_positions = index + jnp.arange(step_length)
     key_positions = jnp.arange(cached_key.value.shape[1])
     filled = (key_positions[None, :] <= query_positions[:, None])[None, None]  # [1, 1, Q, S]
-    mask = filled if mask is None else mask & filled
-    return cached_key.value, cached_value.value, mask
+    dense = masks.dense_of(mask)
+    dense = jnp.broadcast_to(filled, (key.shape[0],) + filled.shape[1:]) if dense is None \
+        else dense & filled
+    if step_length != 1:  # several steps at once: only the dense form says what each may see
+      return cached_key.value, cached_value.value, Mask(dense)
+    batch = jnp.full((key.shape[0],), 1, jnp.int32)
+    return cached_key.value, cached_value.value, Mask(dense, batch, batch * (index + 1))

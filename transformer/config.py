@@ -15,7 +15,10 @@ POSITIONAL_ENCODINGS = ("sinusoidal", "learned", "none")
 NORMALIZATIONS = ("post", "pre")
 ACTIVATIONS = ("relu", "gelu")
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION_KERNELS = ("xla", "jax", "blockwise")
+ATTENTION_KERNELS = ("xla", "jax", "blockwise", "cudnn")
+# Kernels by platform: cuDNN's fused attention exists only on NVIDIA GPUs.
+KERNELS_ON_PLATFORM = {"gpu": ATTENTION_KERNELS, "cuda": ATTENTION_KERNELS}
+PORTABLE_KERNELS = ("xla", "jax", "blockwise")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -153,8 +156,10 @@ def _validate(config: ModelConfig) -> None:
       and config.target_vocab_size != config.vocab_size):
     raise ValueError("ModelConfig.share_embeddings=True needs one vocabulary: target_vocab_size "
                      f"({config.target_vocab_size}) differs from vocab_size ({config.vocab_size})")
-  if config.attention_kernel == "jax" and config.d_k != config.d_v:
-    raise ValueError("ModelConfig.attention_kernel='jax' needs d_k == d_v "
+  if config.attention_kernel == "cudnn":
+    _check_cudnn(config)
+  if config.attention_kernel in ("jax", "cudnn") and config.d_k != config.d_v:
+    raise ValueError(f"ModelConfig.attention_kernel='{config.attention_kernel}' needs d_k == d_v "
                      f"(got d_k={config.d_k}, d_v={config.d_v}); use 'xla' or 'blockwise'")
   if config.attention_kernel != "xla" and config.attention_dropout_rate:
     raise ValueError(f"ModelConfig.attention_kernel='{config.attention_kernel}' has no "
@@ -163,6 +168,25 @@ def _validate(config: ModelConfig) -> None:
   if not 0 <= config.pad_id < config.vocab_size:
     raise ValueError(f"ModelConfig.pad_id must be a token id in [0, vocab_size), got "
                      f"{config.pad_id!r}")
+
+
+def _check_cudnn(config: ModelConfig) -> None:
+  """cuDNN's fused attention: half-precision compute, head sizes it has kernels for."""
+  if config.dtype not in ("bfloat16", "float16"):
+    raise ValueError(f"ModelConfig.attention_kernel='cudnn' computes in bfloat16 or float16 only; "
+                     f"ModelConfig.dtype is {config.dtype!r} (set dtype=bfloat16, or use "
+                     "attention_kernel='jax' or 'xla' for float32)")
+  if config.d_k % 8 or config.d_k > 128:
+    raise ValueError(f"ModelConfig.attention_kernel='cudnn' needs d_k a multiple of 8 and at most "
+                     f"128 (got d_k={config.d_k}); use 'jax' or 'xla'")
+
+
+def check_kernel_platform(config: ModelConfig, platform: str) -> None:
+  """Raises ValueError when the attention kernel cannot run on `platform` (cpu, gpu, tpu)."""
+  allowed = KERNELS_ON_PLATFORM.get(platform, PORTABLE_KERNELS)
+  if config.attention_kernel not in allowed:
+    raise ValueError(f"ModelConfig.attention_kernel={config.attention_kernel!r} does not run on "
+                     f"{platform}; kernels there: {', '.join(allowed)}")
 
 
 def base(**overrides: Any) -> ModelConfig:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from transformer.config import ModelConfig
+from transformer.config import ModelConfig, check_kernel_platform
 from transformer.model import Transformer
 
 
@@ -19,6 +19,7 @@ def parameter_counts(params) -> dict[str, int]:
 
 def summary(config: ModelConfig, seed: int = 0, batch: int = 2, length: int = 16) -> str:
   """Initializes the model, runs one forward pass and reports shapes and parameter counts."""
+  check_kernel_platform(config, jax.devices()[0].platform)
   model = Transformer(config)
   inputs = jnp.ones((batch, length), jnp.int32)
   targets = jnp.ones((batch, length), jnp.int32)

@@ -14,6 +14,7 @@ import flax.linen as nn
 
 from transformer.attention import MultiHeadAttention
 from transformer.config import ModelConfig
+from transformer.masks import Mask
 
 _ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "relu": nn.relu,
@@ -166,7 +167,7 @@ class EncoderLayer(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, mask: Mask) -> jnp.ndarray:
     """`[B, L, D]` with a `[B, 1, L, L]` mask -> `[B, L, D]`."""
     config, deterministic = self.config, self.deterministic
     attention = MultiHeadAttention(config, deterministic, name="self_attention")
@@ -189,8 +190,8 @@ class DecoderLayer(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, y: jnp.ndarray, encoded: jnp.ndarray | None, self_mask: jnp.ndarray | None,
-               cross_mask: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, y: jnp.ndarray, encoded: jnp.ndarray | None, self_mask: Mask | None,
+               cross_mask: Mask) -> jnp.ndarray:
     """`[B, Lt, D]` targets over `[B, Ls, D]` encoder output -> `[B, Lt, D]`."""
     config, deterministic = self.config, self.deterministic
     self_attention = MultiHeadAttention(config, deterministic, self.decode, name="self_attention")

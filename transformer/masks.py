@@ -6,7 +6,34 @@ A mask is a boolean array broadcastable to `[batch, heads, query_length, key_len
 
 from __future__ import annotations
 
+import flax.struct
 import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class Mask:
+  """One attention's mask in the forms the kernels take.
+
+  `dense` is the boolean `[B, 1, Q, K]` mask every kernel can use. Rows that are not packed are
+  right-padded, so the same mask is also `query_lengths`/`key_lengths` (`[B]` int32) plus
+  `causal`: the form cuDNN's fused kernel takes without materializing anything. Packed rows
+  (segment ids) have no lengths. Unused forms cost nothing under `jit` (dead code).
+  """
+
+  dense: jnp.ndarray | None
+  query_lengths: jnp.ndarray | None = None
+  key_lengths: jnp.ndarray | None = None
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+def dense_of(mask: Mask | jnp.ndarray | None) -> jnp.ndarray | None:
+  """The boolean `[B, 1, Q, K]` form of a mask given either way."""
+  return mask.dense if isinstance(mask, Mask) else mask
+
+
+def lengths(valid: jnp.ndarray) -> jnp.ndarray:
+  """Tokens per right-padded row: `[B, L]` validity -> `[B]` int32."""
+  return valid.sum(axis=-1, dtype=jnp.int32)
 
 
 def padding_mask(query_valid: jnp.ndarray, key_valid: jnp.ndarray) -> jnp.ndarray:
@@ -43,30 +70,46 @@ def token_validity(tokens: jnp.ndarray, segments: jnp.ndarray | None, pad_id: in
   return tokens != pad_id
 
 
+def _mask(dense: jnp.ndarray, query_valid: jnp.ndarray, key_valid: jnp.ndarray, packed: bool,
+          causal: bool = False) -> Mask:
+  if packed:
+    return Mask(dense, causal=causal)
+  return Mask(dense, lengths(query_valid), lengths(key_valid), causal)
+
+
 def encoder_self_attention_mask(tokens: jnp.ndarray, segments: jnp.ndarray | None,
-                                pad_id: int) -> jnp.ndarray:
+                                pad_id: int) -> Mask:
   """Encoder self-attention: padding (and segment) mask, `[B, 1, L, L]`."""
   valid = token_validity(tokens, segments, pad_id)
   same_segment = segment_mask(segments, segments) if segments is not None else None
-  return combine(padding_mask(valid, valid), same_segment)
+  dense = combine(padding_mask(valid, valid), same_segment)
+  return _mask(dense, valid, valid, segments is not None)
 
 
 def decoder_self_attention_mask(targets: jnp.ndarray, segments: jnp.ndarray | None,
-                                pad_id: int) -> jnp.ndarray:
+                                pad_id: int) -> Mask:
   """Decoder self-attention: padding, causal and segment masks, `[B, 1, L, L]`."""
   valid = token_validity(targets, segments, pad_id)
   same_segment = segment_mask(segments, segments) if segments is not None else None
-  return combine(padding_mask(valid, valid), causal_mask(targets.shape[1]), same_segment)
+  dense = combine(padding_mask(valid, valid), causal_mask(targets.shape[1]), same_segment)
+  return _mask(dense, valid, valid, segments is not None, causal=True)
 
 
 def encoder_decoder_mask(targets: jnp.ndarray, target_segments: jnp.ndarray | None,
                          inputs: jnp.ndarray, input_segments: jnp.ndarray | None,
-                         pad_id: int) -> jnp.ndarray:
+                         pad_id: int) -> Mask:
   """Encoder-decoder attention: target queries over source keys, `[B, 1, Lt, Ls]`."""
   same_segment = None
   if target_segments is not None and input_segments is not None:
     same_segment = segment_mask(target_segments, input_segments)
-  return combine(
-      padding_mask(token_validity(targets, target_segments, pad_id),
-                   token_validity(inputs, input_segments, pad_id)),
-      same_segment)
+  target_valid = token_validity(targets, target_segments, pad_id)
+  source_valid = token_validity(inputs, input_segments, pad_id)
+  dense = combine(padding_mask(target_valid, source_valid), same_segment)
+  return _mask(dense, target_valid, source_valid, same_segment is not None)
+
+
+def decode_step_cross_mask(step_targets: jnp.ndarray, inputs: jnp.ndarray, pad_id: int) -> Mask:
+  """Encoder-decoder attention of one incremental decoding step over the (right-padded) source."""
+  step_valid = jnp.ones(step_targets.shape, bool)
+  source_valid = token_validity(inputs, None, pad_id)
+  return _mask(padding_mask(step_valid, source_valid), step_valid, source_valid, packed=False)

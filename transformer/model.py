@@ -111,8 +111,7 @@ class Decoder(nn.Module):
     if decode:
       decoder_inputs = targets
       self_mask = None  # the cache masks the positions not yet written
-      cross_mask = masks.padding_mask(jnp.ones(targets.shape, bool),
-                                      masks.token_validity(inputs, None, config.pad_id))
+      cross_mask = masks.decode_step_cross_mask(targets, inputs, config.pad_id)
     else:
       decoder_inputs = shift_right(targets, target_segments, config.pad_id)
       self_mask = masks.decoder_self_attention_mask(targets, target_segments, config.pad_id)

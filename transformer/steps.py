@@ -89,6 +89,7 @@ def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,
   model_config = model_config_lib.from_dict(fields)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices,
                             config.mesh.get("dcn_data", 1))
+  model_config_lib.check_kernel_platform(model_config, mesh.devices.flat[0].platform)
   model = Transformer(model_config)
   schedule = training.with_cooldown(
       training.paper_learning_rate(model_config.d_model, config.train.warmup_steps,

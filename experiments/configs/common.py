@@ -31,7 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
       layer_norm_epsilon=1e-6,
       dtype="float32",  # compute dtype (bfloat16 on TPU/GPU)
       param_dtype="float32",  # parameter dtype
-      attention_kernel="xla",  # xla (reference) | jax (jax.nn.dot_product_attention) | blockwise
+      # xla (reference) | jax (jax.nn.dot_product_attention) | blockwise | cudnn (GPU, bf16/fp16)
+      attention_kernel="xla",
       attention_block_size=512,  # blockwise: query/key block size (memory O(N * block))
       remat_policy="none",  # none | full | dots | dots_no_batch: recompute activations
       scan_layers=False,  # nn.scan over identical layers (compile time independent of N)
