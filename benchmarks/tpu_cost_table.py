@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transformer import aot  # noqa: E402
 
-aot.prepare_off_tpu_compilation()
+aot.prepare_off_device_compilation()
 # The winner's train step is compiled again with its decode step: the second time from the cache.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join("runs", "tpu_compile_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

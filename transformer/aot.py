@@ -1,15 +1,18 @@
-"""Ahead-of-time compilation of the train and decode steps, for this host or a Cloud TPU slice.
+"""Ahead-of-time compilation of the train and decode steps, for this host, a TPU slice or GPUs.
 
 `--mode=compile --topology=v4-32` needs no TPU: with the `libtpu` package installed,
 `jax.experimental.topologies` describes the slice's devices, and the very train step that
 training runs (same function, logical-axis rules, shardings, donated state) is lowered over a mesh
 of them and compiled by XLA:TPU. The compiled program reports its per-device memory and XLA's cost
 model (FLOPs, bytes, `optimal_seconds`); the modeled figures derived from them are estimates of
-the TPU cost model, not measurements.
+the TPU cost model, not measurements. `--topology=h100-8` (any GPU of `gpus.py`) does the same
+for NVIDIA GPUs through the CUDA plugin: memory per GPU is exact, FLOPs come from the model formula
+(XLA has no GPU cost model without a GPU) and no time is modeled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -19,20 +22,25 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
+from etils import epath
 
-from transformer import flops, inference, sharding, steps, tpu_slices, training
+from transformer import flops, gpus, inference, sharding, steps, tpu_slices, training
 from transformer.tpu_slices import GIB, Slice
 
 MODELED = "XLA TPU cost model, not measured"
+GPU_NOTE = ("GPU: memory from the compiled program (exact); FLOPs from the model formula (XLA has "
+            "no GPU cost model without a GPU); no time is modeled: GPU times are measured "
+            "(benchmarks/gpu_check.py)")
+
+
 class DoesNotFit(ValueError):
   """A compiled step needs more device memory than the chip has."""
 
 
-def prepare_off_tpu_compilation() -> None:
-  """Compile for TPU on a machine without one: CPU as the only runtime platform (libtpu is only
-  the compiler here; `transformer/__init__.py` keeps it quiet). Call before anything initialises
-  JAX's backends."""
+def prepare_off_device_compilation() -> None:
+  """Compile for a TPU or GPU on a machine without one: CPU as the only runtime platform (libtpu
+  and the CUDA plugin are only compilers here; `transformer/__init__.py` keeps them quiet). Call
+  before anything initialises JAX's backends."""
   jax.config.update("jax_platforms", "cpu")
 
 
@@ -107,18 +115,21 @@ def compile_decode_step(setup: steps.Setup, config: ml_collections.ConfigDict) -
                                        options).compile()
 
 
-def _step_report(compiled: Any, num_devices: int, chip: tpu_slices.Chip | None
+def _step_report(compiled: Any, num_devices: int, chip: tpu_slices.Chip | gpus.Gpu | None
                  ) -> dict[str, Any]:
   memory = compiled.memory_analysis()
   cost = _cost(compiled)
   report: dict[str, Any] = {
       "hbm_bytes_per_device": hbm_bytes(memory) if memory is not None else None,
-      "flops_per_device": cost["flops"],
-      "flops_per_step": cost["flops"] * num_devices,
+      "flops_per_device": cost["flops"] or None,  # None: no cost model (deviceless GPU)
+      "flops_per_step": cost["flops"] * num_devices or None,
       "bytes_accessed_per_device": cost["bytes accessed"],
       "xla_optimal_seconds": cost["optimal_seconds"],
   }
-  if chip is not None:
+  if isinstance(chip, gpus.Gpu):
+    report.update(hbm_capacity_bytes=chip.usable_bytes,
+                  fits=report["hbm_bytes_per_device"] <= chip.usable_bytes)
+  elif chip is not None:
     seconds, source = modeled_seconds(cost, chip)
     report.update(hbm_capacity_bytes=chip.hbm_bytes,
                   fits=report["hbm_bytes_per_device"] <= chip.hbm_bytes,
@@ -131,7 +142,7 @@ _OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?\(([\d.]+)
 
 
 def compile_or_oom(compile_step: Any, setup: steps.Setup, config: ml_collections.ConfigDict,
-                    chip: tpu_slices.Chip | None) -> dict[str, Any]:
+                    chip: tpu_slices.Chip | gpus.Gpu | None) -> dict[str, Any]:
   """The step's report, or `fits: False` with XLA's figures when XLA:TPU runs out of HBM.
 
   XLA:TPU refuses to compile a program whose temporaries exceed the chip's HBM, so the sizes come
@@ -149,37 +160,72 @@ def compile_or_oom(compile_step: Any, setup: steps.Setup, config: ml_collections
             "xla_error": str(error).splitlines()[0]}
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """What to compile for: devices, and the figures the report gives about them."""
+
+  name: str  # the --topology value, or "host (cpu)"
+  devices: list[Any]
+  topology: str | None  # v4:2x2x4, 1x2x8 (slices x nodes x GPUs), or None for this host
+  chips: int
+  hosts: int
+  chip: tpu_slices.Chip | gpus.Gpu | None  # None: this host's devices (no capacity known)
+
+
+def compile_target(accelerator_type: str | None, num_slices: int = 1) -> Target:
+  """The devices of a TPU slice, a GPU cluster (`h100-8`) or, for None, this host."""
+  if accelerator_type is None:
+    devices = jax.devices()
+    return Target(f"host ({devices[0].platform})", devices, None, len(devices),
+                  jax.process_count(), None)
+  if gpus.is_gpu_topology(accelerator_type):
+    cluster = gpus.parse_topology(accelerator_type)
+    return Target(accelerator_type, gpus.compile_only_devices(cluster),
+                  f"1x{cluster.nodes}x{cluster.gpus_per_node}", cluster.count, cluster.nodes,
+                  cluster.gpu)
+  slice_ = tpu_slices.get_slice(accelerator_type)
+  return Target(accelerator_type, slice_devices(slice_, num_slices), slice_.topology_name,
+                slice_.chips * num_slices, slice_.hosts * num_slices, slice_.chip)
+
+
 def compile_report(config: ml_collections.ConfigDict, accelerator_type: str | None = None
                    ) -> dict[str, Any]:
-  """Compiles the train and decode steps (for a TPU slice, or this host's devices).
+  """Compiles the train and decode steps (for a TPU slice, GPUs, or this host's devices).
 
-  Returns the figures `--mode=compile` prints and writes; for a slice they include the modeled
-  step time, throughput, MFU and the time and cost of `config.train.num_steps`.
+  Returns the figures `--mode=compile` prints and writes; for a TPU slice they include the
+  modeled step time, throughput, MFU and the time and cost of `config.train.num_steps`.
   """
-  slice_ = tpu_slices.get_slice(accelerator_type) if accelerator_type else None
-  num_slices = config.mesh.get("dcn_data", 1)
-  devices = slice_devices(slice_, num_slices) if slice_ else jax.devices()
+  target = compile_target(accelerator_type, config.mesh.get("dcn_data", 1))
+  devices = target.devices
+  kernel_note = None
+  if isinstance(target.chip, gpus.Gpu) and config.model.attention_kernel == "cudnn":
+    # cuDNN custom calls compile only with a GPU present; the fused XLA kernel's memory is an
+    # upper bound for cuDNN's flash attention, which never holds the [B, H, L, L] matrices.
+    config = config.copy_and_resolve_references()
+    config.model.attention_kernel = "jax"
+    kernel_note = ("attention compiled as 'jax' (cuDNN's kernel compiles only on a GPU): memory "
+                   "is an upper bound for 'cudnn'")
   setup = steps.make_setup(config, devices=devices)
   model_config = setup.model.config
   data = config.data
   source_length = data.packed_inputs_length or data.packed_length
-  chip = slice_.chip if slice_ else None
-  train = compile_or_oom(compile_train_step, setup, config, chip)
-  decode = compile_or_oom(compile_decode_step, setup, config, chip)
+  train = compile_or_oom(compile_train_step, setup, config, target.chip)
+  decode = compile_or_oom(compile_decode_step, setup, config, target.chip)
   model_flops = flops.train_step_flops(model_config, data.batch_size, source_length,
                                        data.packed_length)
   report: dict[str, Any] = {
-      "accelerator_type": accelerator_type or f"host ({devices[0].platform})",
-      "topology": slice_.topology_name if slice_ else None,
-      "slices": num_slices,
-      "chips": slice_.chips * num_slices if slice_ else len(devices),
-      "hosts": slice_.hosts * num_slices if slice_ else jax.process_count(),
+      "accelerator_type": target.name,
+      "topology": target.topology,
+      "slices": config.mesh.get("dcn_data", 1),
+      "chips": target.chips,
+      "hosts": target.hosts,
       "devices": len(devices),
       "device_kind": devices[0].device_kind,
       "mesh": {name: int(size) for name, size in setup.mesh.shape.items()},
       "parameters": int(sum(np.prod(x.shape) for x in
                             jax.tree.leaves(setup.abstract_state.params))),
       "dtype": model_config.dtype,
+      "attention_kernel": model_config.attention_kernel,
       "remat_policy": model_config.remat_policy,
       "rows_per_step": data.batch_size,
       "tokens_per_step": data.batch_size * (source_length + data.packed_length),
@@ -193,9 +239,14 @@ def compile_report(config: ml_collections.ConfigDict, accelerator_type: str | No
                  "max_source_length": data.max_eval_length,
                  "method": config.decode.method, "beam_size": config.decode.beam_size},
   }
-  if slice_ and train["fits"] and decode["fits"]:
-    report.update(_modeled_run(report, config, slice_.chip))
-  elif slice_:
+  fits = bool(train.get("fits", True) and decode.get("fits", True))
+  if isinstance(target.chip, gpus.Gpu):
+    note = GPU_NOTE if kernel_note is None else f"{GPU_NOTE}; {kernel_note}"
+    report.update(fits=fits, note=note, peak_bf16_flops_per_gpu=target.chip.peak_bf16_flops,
+                  memory_fraction=gpus.MEMORY_FRACTION)
+  elif target.chip is not None and fits:
+    report.update(_modeled_run(report, config, target.chip))
+  elif target.chip is not None:
     report.update(fits=False, modeled=MODELED)
   return report
 
@@ -236,23 +287,27 @@ def format_report(report: dict[str, Any]) -> str:
          f"{gib(report[step]['hbm_capacity_bytes'])}" for step in ("train", "decode")
          if not report[step]["fits"]])
   lines = [
-      f"{report['accelerator_type']}" + (f" ({report['topology']}, {report['chips']} chips, "
+      f"{report['accelerator_type']}" + (f" ({report['topology']}, {report['chips']} "
+                                         f"{'GPUs' if 'note' in report else 'chips'}, "
                                          f"{report['hosts']} host(s))" if report["topology"]
                                          else f": {report['devices']} device(s)"),
       f"mesh {report['mesh']}; {report['parameters']:,d} parameters; {report['dtype']}; "
-      f"remat {report['remat_policy']}",
+      f"attention {report['attention_kernel']}; remat {report['remat_policy']}",
       f"batch: {report['rows_per_step']} rows, {report['tokens_per_step']:,d} tokens per step "
       "(source + target)",
       f"{'':28s}{'train step':>16s}{'decode step':>16s}",
       f"{'memory per device':28s}{gib(train['hbm_bytes_per_device']):>16s}"
       f"{gib(decode['hbm_bytes_per_device']):>16s}",
-      f"{'XLA FLOPs per step (global)':28s}{train['flops_per_step']:>16.4g}"
-      f"{decode['flops_per_step']:>16.4g}",
+      f"{'XLA FLOPs per step (global)':28s}{flops_text(train['flops_per_step']):>16s}"
+      f"{flops_text(decode['flops_per_step']):>16s}",
       f"{'model FLOPs per step':28s}{report['model_flops_per_step']:>16.4g}{'':>16s}",
   ]
-  if "modeled_mfu" in report:
+  if "hbm_capacity_bytes" in train:
     lines[4] += f"  (of {gib(train['hbm_capacity_bytes'])}: " + \
         ("fits)" if report["fits"] else "DOES NOT FIT)")
+  if "note" in report:
+    lines.append(f"({report['note']})")
+  if "modeled_mfu" in report:
     lines += [
         f"{'step time':28s}{train['modeled_step_seconds'] * 1e3:>13.2f} ms"
         f"{decode['modeled_step_seconds'] * 1e3:>13.2f} ms   "
@@ -264,6 +319,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"({report['modeled']}; MFU = model FLOPs / time / bf16 peak; {report['prices']})",
     ]
   return "\n".join(lines)
+
+
+def flops_text(value: float | None) -> str:
+  """A FLOP count for the table; n/a where XLA gave none."""
+  return "n/a" if value is None else f"{value:.4g}"
 
 
 def check_fits(report: dict[str, Any]) -> None:
@@ -283,14 +343,13 @@ def check_fits(report: dict[str, Any]) -> None:
 
 def write_report(report: dict[str, Any], workdir: str, name: str) -> str:
   """Writes `WORKDIR/compile/NAME.json` atomically; returns its path."""
-  directory = os.path.join(workdir, "compile")
-  tf.io.gfile.makedirs(directory)
-  path = os.path.join(directory, f"{name}.json")
-  temporary = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(temporary, "w") as handle:
-    handle.write(json.dumps(report, indent=2) + "\n")
-  tf.io.gfile.rename(temporary, path, overwrite=True)
-  return path
+  directory = epath.Path(workdir) / "compile"
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"{name}.json"
+  temporary = directory / f"{name}.json.tmp-{os.getpid()}"
+  temporary.write_text(json.dumps(report, indent=2) + "\n")
+  temporary.rename(path)
+  return os.fspath(path)
 
 
 def compile_mode(config: ml_collections.ConfigDict, workdir: str, accelerator_type: str | None

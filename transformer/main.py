@@ -13,7 +13,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import config as model_config
-from transformer import aot, cli_errors, commands, describe, distributed, run
+from transformer import (aot, cli_errors, commands, describe, distributed, gpus, quiet_start,
+                         run)
 from transformer.data import datasets, inputs, stats
 from transformer.data.corpus import DataError
 
@@ -48,8 +49,9 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
                                "by --coordinator_address; automatic settings on TPU VMs).")
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "compile: a Cloud TPU accelerator type (v4-8, v4-32, v5litepod-8, v5p-8, "
-    "v6e-8, ...) to compile for ahead of time, without a TPU (needs `pip install -e '.[tpu]'`); "
-    "unset: this host's devices.")
+    "v6e-8, ...; needs `pip install -e '.[tpu]'`) or NVIDIA GPUs (a100, h100, h200, or -N for N "
+    "GPUs, 8 per node: h100-8, h200-16; needs `pip install -e '.[gpu_compile]'`) to compile for "
+    "ahead of time, without that hardware; unset: this host's devices.")
 _INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for every "
                                      "process to join before failing.")
 
@@ -66,7 +68,9 @@ def main(argv: list[str]) -> None:
     if _TOPOLOGY.value:
       if _MODE.value != "compile":
         raise ValueError("--topology is only for --mode=compile")
-      aot.prepare_off_tpu_compilation()
+      aot.prepare_off_device_compilation()
+    elif quiet_start.has_nvidia_gpu():
+      gpus.set_gpu_environment()  # before JAX starts its GPU backend; XLA_FLAGS set by hand win
     if _MULTIHOST.value or _COORDINATOR.value:
       distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                              _INIT_TIMEOUT.value)

@@ -3,7 +3,8 @@
 tfds `wmt14_translate/de-en` (train ~4.5M pairs; validation = newstest2013; test = newstest2014),
 a shared 37k BPE vocabulary, ~25k source + 25k target tokens per batch, 100k steps, Adam
 (0.9, 0.98, 1e-9) with the paper's warmup schedule, dropout 0.1, label smoothing 0.1, bfloat16
-compute with float32 parameters.
+compute with float32 parameters. `wmt14_base.py:gpu` is the NVIDIA GPU variant
+(`common.apply_gpu_variant`: cuDNN attention, local data).
 """
 
 import ml_collections
@@ -11,8 +12,13 @@ import ml_collections
 from experiments.configs import common
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """Base model, paper recipe."""
+VARIANTS = ("", "tpu", "gpu")
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  """Base model, paper recipe; `variant` "gpu" for NVIDIA GPUs ("" or "tpu": Cloud TPU)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"wmt14 configs: variant must be one of tpu, gpu; got {variant!r}")
   config = common.base_config()
   config.model.update(dict(
       vocab_size=37000,  # Sec. 5.1: shared source-target vocabulary of about 37000 tokens
@@ -32,4 +38,4 @@ def get_config() -> ml_collections.ConfigDict:
       eval_every_steps=2000, checkpoint_every_steps=2000, keep_checkpoints=5,
       bleu_every_steps=10_000, bleu_max_examples=1000, best_metric="eval_bleu",
       best_mode="max", test_at_end=True))
-  return config
+  return common.apply_gpu_variant(config) if variant == "gpu" else config
