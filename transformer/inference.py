@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from transformer import decoding
-from transformer.data.tokenizer import EOS_ID
+from transformer.special_ids import EOS_ID
 from transformer.model import Transformer
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+from transformer.special_ids import EOS_ID, PAD_ID, UNK_ID  # noqa: F401  (re-exported)
+
 NUM_SPECIAL = 3
 MODEL_FILE = "sentencepiece.model"
 SIDES = ("source", "target")
