@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -29,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ml_collections
 import tensorflow as tf
@@ -197,6 +199,17 @@ def subprocess_launcher(argv: list[str], log_path: str) -> int:
     return subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
+def srun_launcher(argv: list[str], log_path: str) -> int:
+  """Runs one command as a SLURM job step inside an allocation (`launch/slurm.py`'s arrays):
+  training on every task with `--multihost`, a finish command (`--mode=...`) on one task."""
+  finishing = any(flag.startswith("--mode=") for flag in argv)
+  step = ["srun", "--kill-on-bad-exit=1", *(["--nodes=1", "--ntasks=1"] if finishing else [])]
+  return subprocess_launcher([*step, *argv, *([] if finishing else ["--multihost"])], log_path)
+
+
+LAUNCHERS: dict[str, Launcher] = {"local": subprocess_launcher, "srun": srun_launcher}
+
+
 def recorded_rows(root: str) -> dict[str, dict[str, Any]]:
   """Point name -> its last results row."""
   path = os.path.join(root, RESULTS)
@@ -218,11 +231,24 @@ def finished(root: str) -> set[str]:
 
 
 def append_result(root: str, row: dict[str, Any]) -> None:
-  """Adds a row to results.jsonl (rewritten whole: gs:// has no append)."""
+  """Adds a row to results.jsonl (rewritten whole: gs:// has no append). A local root is locked
+  while it is rewritten: the tasks of a SLURM array finish points in separate processes."""
   path = os.path.join(root, RESULTS)
-  existing = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
-  with tf.io.gfile.GFile(path, "w") as handle:
-    handle.write(existing + json.dumps(row) + "\n")
+  with _exclusive(path):
+    existing = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
+    with tf.io.gfile.GFile(path, "w") as handle:
+      handle.write(existing + json.dumps(row) + "\n")
+
+
+@contextlib.contextmanager
+def _exclusive(path: str) -> Iterator[None]:
+  """An exclusive lock on `path`'s sidecar `.lock` file (local paths; gs:// is not locked)."""
+  if "://" in path:
+    yield
+    return
+  with open(f"{path}.lock", "a", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
 
 
 def _provenance(workdir: str) -> dict[str, Any]:
@@ -370,12 +396,14 @@ def main() -> None:
   parser.add_argument("--parallel", type=int, default=1, help="points trained at once")
   parser.add_argument("--seeds", default="", help="comma-separated seeds: repeat every point")
   parser.add_argument("--retries", type=int, default=2, help="re-runs of a failed point")
+  parser.add_argument("--launcher", default="local", choices=sorted(LAUNCHERS),
+                      help="local: subprocesses; srun: SLURM job steps (inside an allocation)")
   args = parser.parse_args()
   try:
     sweep = load_sweep(args.sweep)
     only = {name for name in args.only.split(",") if name} or None
-    run_sweep(sweep, args.root, only, args.parallel, retries=args.retries,
-              seeds=parse_seeds(args.seeds))
+    run_sweep(sweep, args.root, only, args.parallel, LAUNCHERS[args.launcher],
+              retries=args.retries, seeds=parse_seeds(args.seeds))
   except (SweepError, PointFailed) as error:
     raise SystemExit(f"error: {error}") from None
 

@@ -327,7 +327,7 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=60)
   assert process.returncode == 0, output[-2000:]
-  assert "SIGTERM received: saved a checkpoint at step" in output
+  assert "stop signal (SIGTERM or SIGUSR1) received: saved a checkpoint at step" in output
   stopped_at = max_logged_step(tmp_path)
   assert stopped_at < 100000
   manager = checkpointing.make_manager(str(tmp_path / "checkpoints"), keep=5, save_every=10,

@@ -18,12 +18,17 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 
+# SIGTERM: TPU preemption notices, `kill`, SLURM preemption and scancel. SIGUSR1: SLURM's
+# `--signal` warning before a job's time limit (launch/slurm.py requeues the job after the save).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """Turns SIGTERM or SIGUSR1 into a flag the loop checks between steps."""
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -40,8 +45,9 @@ class Preemption:
     return bool(np.any(flags))
 
   def restore(self) -> None:
-    """Puts the previous handler back."""
-    signal.signal(signal.SIGTERM, self._previous)
+    """Puts the previous handlers back."""
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def check_finite_losses(pending: list[tuple[int, jax.Array]], last_checkpoint: int | None
