@@ -32,16 +32,19 @@ class Block(nn.Module):
   d_ff: int
   dropout: float
   cross: bool
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, memory, mask, train: bool):
     drop = lambda y: nn.Dropout(self.dropout)(y, deterministic=not train)
     d_model = x.shape[-1]
-    x = nn.LayerNorm()(x + drop(nn.MultiHeadDotProductAttention(self.heads)(x, x, mask=mask)))
+    attention = lambda: nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)
+    norm = lambda: nn.LayerNorm(dtype=self.dtype)
+    x = norm()(x + drop(attention()(x, x, mask=mask)))
     if self.cross:
-      x = nn.LayerNorm()(x + drop(nn.MultiHeadDotProductAttention(self.heads)(x, memory)))
-    hidden = nn.relu(nn.Dense(self.d_ff)(x))
-    return nn.LayerNorm()(x + drop(nn.Dense(d_model)(hidden)))
+      x = norm()(x + drop(attention()(x, memory)))
+    hidden = nn.relu(nn.Dense(self.d_ff, dtype=self.dtype)(x))
+    return norm()(x + drop(nn.Dense(d_model, dtype=self.dtype)(hidden)))
 
 
 class PlainTransformer(nn.Module):
@@ -53,10 +56,11 @@ class PlainTransformer(nn.Module):
   d_ff: int
   layers: int
   dropout: float = 0.1
+  dtype: Any = jnp.float32  # compute dtype (bfloat16 on GPU); parameters stay float32
 
   @nn.compact
   def __call__(self, source, decoder_input, train: bool = True):
-    embed = nn.Embed(self.vocab, self.d_model)
+    embed = nn.Embed(self.vocab, self.d_model, dtype=self.dtype)
     positions = jnp.asarray(sinusoids(source.shape[1], self.d_model), jnp.float32)
 
     def embedded(ids):
@@ -65,18 +69,18 @@ class PlainTransformer(nn.Module):
 
     memory = embedded(source)
     for _ in range(self.layers):
-      memory = Block(self.heads, self.d_ff, self.dropout, False)(memory, None, None, train)
+      memory = Block(self.heads, self.d_ff, self.dropout, False, self.dtype)(memory, None, None, train)
     y = embedded(decoder_input)
     causal = nn.make_causal_mask(decoder_input)
     for _ in range(self.layers):
-      y = Block(self.heads, self.d_ff, self.dropout, True)(y, memory, causal, train)
-    return embed.attend(y)
+      y = Block(self.heads, self.d_ff, self.dropout, True, self.dtype)(y, memory, causal, train)
+    return embed.attend(y).astype(jnp.float32)
 
 
 def make_step(vocab: int, d_model: int, heads: int, d_ff: int, layers: int, source: np.ndarray,
-              target: np.ndarray) -> tuple[Callable, tuple]:
+              target: np.ndarray, dtype: Any = jnp.float32) -> tuple[Callable, tuple]:
   """(jitted step, initial (params, opt_state, key)) for the plain Flax model on one batch."""
-  model = PlainTransformer(vocab, d_model, heads, d_ff, layers)
+  model = PlainTransformer(vocab, d_model, heads, d_ff, layers, dtype=dtype)
   shift = lambda target: jnp.pad(target, ((0, 0), (1, 0)))[:, :-1]
   params = model.init(jax.random.PRNGKey(0), source, shift(target), train=False)["params"]
   optimizer = optax.adam(1e-4, b1=0.9, b2=0.98, eps=1e-9)

@@ -37,25 +37,26 @@ from experiments.configs import common  # noqa: E402
 from transformer import flops, sharding, steps, training  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-SIZES = {"tiny": (64, 4, 256, 2), "small": (256, 4, 1024, 3), "base": (512, 8, 2048, 6)}
+SIZES = {"tiny": (64, 4, 256, 2), "small": (256, 4, 1024, 3), "base": (512, 8, 2048, 6),
+         "big": (1024, 16, 4096, 6)}
 VOCAB, BATCH, LENGTH = 8000, 16, 32
 # Batch shapes (rows x tokens per side): the paper-sized toy batch, and Multi30k's real one
 # (experiments/configs/multi30k.py packs 8 rows of 256 target and 248 source tokens).
 SHAPES = {"16x32": (16, 32), "8x256": (8, 256)}
 
 
-def random_pair(batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+def random_pair(batch: int, length: int, vocab: int = VOCAB) -> tuple[np.ndarray, np.ndarray]:
   """Fixed random (source, target) ids `[batch, length]` shared by every framework."""
   generator = np.random.RandomState(0)
-  return tuple(generator.randint(3, VOCAB, (batch, length)).astype(np.int32) for _ in range(2))
+  return tuple(generator.randint(3, vocab, (batch, length)).astype(np.int32) for _ in range(2))
 
 
 def jax_setup(size: str, prng_impl: str = "threefry2x32", batch_size: int = BATCH,
-              length: int = LENGTH, **model_overrides):
+              length: int = LENGTH, vocab: int = VOCAB, **model_overrides):
   """(config, setup, initial state, batch) of our train step at `size` on one device."""
   d_model, heads, d_ff, layers = SIZES[size]
   config = common.base_config()
-  config.model.update(dict(vocab_size=VOCAB, d_model=d_model, num_heads=heads, d_ff=d_ff,
+  config.model.update(dict(vocab_size=vocab, d_model=d_model, num_heads=heads, d_ff=d_ff,
                            encoder_layers=layers, decoder_layers=layers, **model_overrides))
   config.data.update(dict(packed_length=length, batch_size=batch_size))
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
@@ -63,7 +64,7 @@ def jax_setup(size: str, prng_impl: str = "threefry2x32", batch_size: int = BATC
   setup = steps.make_setup(config, devices=jax.devices()[:1])
   state = steps.initial_state(setup)
   batch = {k: np.array(v) for k, v in training.dummy_batch(batch_size, length).items()}
-  for feature, ids in zip(("inputs", "targets"), random_pair(batch_size, length)):
+  for feature, ids in zip(("inputs", "targets"), random_pair(batch_size, length, vocab)):
     batch[feature] = ids
     batch[f"{feature}_segmentation"][:] = 1
     batch[f"{feature}_position"][:] = np.arange(length)

@@ -1,0 +1,336 @@
+"""The GPU check: correctness, train-step speed beside the peers, XLA flags and decoding, one GPU.
+
+    python benchmarks/gpu_check.py [--rounds 3] [--steps 10] [--out benchmarks/results/gpu_h200.json]
+    python benchmarks/gpu_check.py --quick   # a rehearsal on CPU: tiny sizes, same code paths
+
+Needs jax with a GPU (the `[cuda12]`/`[cuda13]` extra), flax, optax, torch with CUDA and
+ml_collections; no TensorFlow. Sections, all in one JSON:
+1. correctness: float32 logits on the GPU against the CPU with the same weights; the cuDNN kernel
+   against the reference kernel in bfloat16 (outputs and gradients, and the whole model's logits);
+   cached against uncached greedy decoding;
+2. train steps at the paper's batch (96 rows x 256 tokens per side, bfloat16), base and big: ours
+   with the `xla` and `cudnn` kernels and threefry / rbg dropout, the plain Flax peer
+   (`flax_peer.py`, bfloat16) and PyTorch (`torch_peer.py`: bf16 autocast, fused Adam,
+   `torch.compile`); rounds interleave the variants, the median round counts, min-max is kept;
+   tokens/s, step time, MFU against the GPU's dense bf16 peak and against this run's measured
+   large bf16 matmul rate, memory (XLA's compiled allocation; torch's peak allocation);
+3. our base step under the two XLA flag sets of `transformer/gpus.py` (fresh processes: XLA reads
+   its flags once);
+4. beam-4 decoding of a batch of 64 with the cache, sentences/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from transformer import gpus  # noqa: E402  (first: quiet start-up, GPU flags before JAX starts)
+
+if os.environ.get("GPU_CHECK_FLAGS") is None:
+  gpus.set_gpu_environment()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import flax_peer  # noqa: E402
+import train_speed  # noqa: E402
+from transformer import attention, config as model_configs, inference, masks, steps  # noqa: E402
+from transformer.model import Transformer  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+FULL = dict(rows=96, length=256, vocab=37000, sizes=("base", "big"))
+QUICK = dict(rows=4, length=32, vocab=512, sizes=("tiny",))
+
+
+def median_and_spread(samples: list[float]) -> dict[str, float]:
+  """Median, minimum and maximum of the per-round figures."""
+  return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+def matmul_rate(size: int, dtype: Any) -> float:
+  """FLOP/s of a large jitted matmul on the default device (best of 5)."""
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(5):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best
+
+
+def correctness(shape: dict[str, Any], gpu: bool) -> dict[str, Any]:
+  """Logits on the device vs the CPU; cuDNN vs reference; cached vs uncached greedy."""
+  size = shape["sizes"][0]
+  d_model, heads, d_ff, layers = train_speed.SIZES[size]
+  config = model_configs.ModelConfig(vocab_size=shape["vocab"], d_model=d_model, num_heads=heads,
+                                     d_ff=d_ff, encoder_layers=layers, decoder_layers=layers,
+                                     max_len=shape["length"] * 2)
+  source, target = (jnp.asarray(x[:8, :64]) for x in train_speed.random_pair(
+      8, shape["length"], shape["vocab"]))
+  source = source.at[1, 40:].set(0)
+  model = Transformer(config)
+  cpu = jax.devices("cpu")[0]
+  with jax.default_device(cpu):
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), source, target)["params"]
+  forward = lambda cfg, p: jax.jit(Transformer(cfg).apply)({"params": p}, source, target)
+  with jax.default_matmul_precision("highest"):
+    on_device = np.asarray(forward(config, jax.device_put(params, jax.devices()[0])))
+    with jax.default_device(cpu):
+      reference = np.asarray(forward(config, params))
+  result: dict[str, Any] = {"logits_float32_vs_cpu": {
+      "max_abs_diff": float(np.abs(on_device - reference).max()),
+      "max_abs_logit": float(np.abs(reference).max()), "tolerance": 1e-3}}
+  result["logits_float32_vs_cpu"]["ok"] = result["logits_float32_vs_cpu"]["max_abs_diff"] <= 1e-3
+  if gpu:
+    result["cudnn_vs_reference_bf16"] = cudnn_against_reference()
+    bf16 = config.replace(dtype="bfloat16")
+    xla_logits = np.asarray(forward(bf16, params), np.float32)
+    cudnn_logits = np.asarray(forward(bf16.replace(attention_kernel="cudnn"), params), np.float32)
+    real = np.asarray(target > 0)[..., None] & np.ones_like(xla_logits, bool)
+    diff = float(np.abs(cudnn_logits - xla_logits)[real].max())
+    result["model_logits_cudnn_vs_xla_bf16"] = {"max_abs_diff": diff, "tolerance": 0.1,
+                                                "ok": diff <= 0.1}
+  options = inference.DecodeOptions(method="greedy", extra_length=8)
+  cached = inference.translate_ids(model, params, source, options)[0]
+  uncached = inference.translate_ids(model, params, source,
+                                     inference.DecodeOptions(method="greedy", extra_length=8,
+                                                             use_cache=False))[0]
+  same = float(np.mean(np.all(np.asarray(cached) == np.asarray(uncached), axis=-1)))
+  result["greedy_cached_vs_uncached"] = {"identical_fraction": same, "ok": same == 1.0}
+  return result
+
+
+def cudnn_against_reference(batch: int = 8, length: int = 256, heads: int = 8, d_k: int = 64
+                            ) -> dict[str, Any]:
+  """cuDNN attention vs the float32-softmax reference in bf16: outputs and gradients."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  q, k, v, cotangent = (jax.random.normal(key, (batch, length, heads, d_k), jnp.bfloat16)
+                        for key in keys)
+  lengths = jnp.array([length, length // 2] * (batch // 2), jnp.int32)
+  valid = jnp.arange(length)[None] < lengths[:, None]
+  mask = masks.Mask(masks.combine(masks.padding_mask(valid, valid), masks.causal_mask(length)),
+                    lengths, lengths, causal=True)
+  reference = lambda q, k, v: attention.reference_attention(q, k, v, mask.dense)[0]
+  cudnn = lambda q, k, v: attention.cudnn_attention(q, k, v, mask)
+  report = {}
+  for name, kernel in (("reference", reference), ("cudnn", cudnn)):
+    out, vjp = jax.vjp(jax.jit(kernel), q, k, v)
+    report[name] = (np.asarray(out, np.float32), [np.asarray(g, np.float32)
+                                                  for g in vjp(cotangent)])
+  rows = np.asarray(valid)[:, :, None, None]
+  scale = lambda x: float(np.abs(x).max()) or 1.0
+  out_diff = np.abs(np.where(rows, report["cudnn"][0] - report["reference"][0], 0)).max()
+  grad_diffs = [float(np.abs(np.where(rows, c - r, 0)).max() / scale(r))
+                for c, r in zip(report["cudnn"][1], report["reference"][1])]
+  relative = float(out_diff / scale(report["reference"][0]))
+  return {"output_max_rel_diff": relative, "grad_max_rel_diff_qkv": grad_diffs,
+          "tolerance": 2e-2, "ok": max([relative, *grad_diffs]) <= 2e-2}
+
+
+def torch_runner(size: str, shape: dict[str, Any]) -> tuple[Callable[[int], float], int]:
+  """(k -> seconds, peak bytes) of the PyTorch peer at its best on the GPU."""
+  import torch
+  from torch import nn
+
+  import torch_peer
+
+  device = "cuda"
+  d_model, heads, d_ff, layers = train_speed.SIZES[size]
+  rows, length, vocab = shape["rows"], shape["length"], shape["vocab"]
+  torch.manual_seed(0)
+  model = torch_peer.Peer(vocab, d_model, heads, d_ff, layers, max_len=length).to(device)
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9,
+                               fused=True)
+  source, target = (torch.from_numpy(x).long().to(device)
+                    for x in train_speed.random_pair(rows, length, vocab))
+  decoder_input = torch.cat([torch.zeros(rows, 1, dtype=torch.long, device=device),
+                             target[:, :-1]], dim=1)
+
+  def train_step():
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+      logits = model(source, decoder_input)
+      loss = nn.functional.cross_entropy(logits.reshape(-1, vocab).float(), target.reshape(-1),
+                                         label_smoothing=0.1)
+    loss.backward()
+    optimizer.step()
+
+  step = torch.compile(train_step)
+  torch.cuda.reset_peak_memory_stats()
+
+  def run(k: int) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(k):
+      step()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+  run(3)
+  return run, int(torch.cuda.max_memory_allocated())
+
+
+def runners(size: str, shape: dict[str, Any], gpu: bool) -> tuple[dict, dict, float]:
+  """Every variant's (k -> seconds) runner, its memory, and the model FLOPs per step."""
+  geometry = dict(batch_size=shape["rows"], length=shape["length"], vocab=shape["vocab"])
+  dtype = "bfloat16" if gpu else "float32"
+  variants = [("xla", "threefry2x32"), ("xla", "rbg")]
+  if gpu:
+    variants += [("cudnn", "threefry2x32"), ("cudnn", "rbg")]
+  found, memory, model_flops = {}, {}, 0.0
+  for kernel, prng in variants:
+    config, setup, state, batch = train_speed.jax_setup(size, prng, dtype=dtype,
+                                                        attention_kernel=kernel, **geometry)
+    compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
+    model_flops = steps.model_flops_per_step(setup, config)
+    name = f"ours_{kernel}_{prng}"
+    found[name] = train_speed.timed_runner(lambda s, c=compiled, b=batch: c(s, b), state)
+    analysis = compiled.memory_analysis()
+    memory[name] = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes)
+  source, target = train_speed.random_pair(shape["rows"], shape["length"], shape["vocab"])
+  step, state = flax_peer.make_step(shape["vocab"], *train_speed.SIZES[size], source, target,
+                                    dtype=jnp.bfloat16 if gpu else jnp.float32)
+  found["flax_plain"] = train_speed.timed_runner(flax_peer.state_threading(step, source, target),
+                                                 state)
+  if gpu:
+    found["torch_compile_bf16"], memory["torch_compile_bf16"] = torch_runner(size, shape)
+  return found, memory, model_flops
+
+
+def train_rows(shape: dict[str, Any], gpu: bool, rounds: int, num_steps: int,
+               peaks: dict[str, float]) -> dict[str, Any]:
+  """Interleaved rounds of every variant at each size."""
+  rows = {}
+  for size in shape["sizes"]:
+    variants, memory, model_flops = runners(size, shape, gpu)
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(rounds):
+      for name, run in variants.items():
+        seconds[name].append(run(num_steps) / num_steps)
+      print(f"{size} round {round_index + 1}/{rounds}: " + ", ".join(
+          f"{n} {1e3 * s[-1]:.1f} ms" for n, s in seconds.items()), flush=True)
+    tokens = 2 * shape["rows"] * shape["length"]
+    rows[size] = {"tokens_per_step": tokens, "model_flops_per_step": model_flops, "variants": {
+        name: {"step_ms": median_and_spread([1e3 * s for s in samples]),
+               "tokens_per_second": tokens / statistics.median(samples),
+               "mfu_vs_spec": model_flops / statistics.median(samples) / peaks["spec"],
+               "mfu_vs_measured_matmul": model_flops / statistics.median(samples) /
+               peaks["measured"], "memory_bytes": memory.get(name)}
+        for name, samples in seconds.items()}}
+  return rows
+
+
+def flag_set_step_ms(flag_set: tuple[str, ...], shape: dict[str, Any], gpu: bool,
+                     rounds: int, num_steps: int) -> dict[str, float]:
+  """Our base (or quick) step's time under an XLA flag set, in a fresh process."""
+  env = {**os.environ, "GPU_CHECK_FLAGS": "1",
+         "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), *flag_set]).strip()}
+  args = [sys.executable, os.path.abspath(__file__), "--child_step", "--rounds", str(rounds),
+          "--steps", str(num_steps)] + (["--quick"] if not gpu else [])
+  result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+  if result.returncode != 0:
+    return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def child_step(shape: dict[str, Any], gpu: bool, rounds: int, num_steps: int) -> None:
+  """--child_step: prints the median/min/max step ms of our first size's default variant."""
+  kernel = "cudnn" if gpu else "xla"
+  config, setup, state, batch = train_speed.jax_setup(
+      shape["sizes"][0], dtype="bfloat16" if gpu else "float32", attention_kernel=kernel,
+      batch_size=shape["rows"], length=shape["length"], vocab=shape["vocab"])
+  compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
+  run = train_speed.timed_runner(lambda s: compiled(s, batch), state)
+  print(json.dumps(median_and_spread([1e3 * run(num_steps) / num_steps
+                                      for _ in range(rounds)])))
+
+
+def decoding(shape: dict[str, Any], gpu: bool) -> dict[str, Any]:
+  """Beam-4 decoding with the cache of one batch (64 sentences; random weights decode to the
+  length limit, the slowest case)."""
+  d_model, heads, d_ff, layers = train_speed.SIZES[shape["sizes"][0]]
+  config = model_configs.ModelConfig(
+      vocab_size=shape["vocab"], d_model=d_model, num_heads=heads, d_ff=d_ff,
+      encoder_layers=layers, decoder_layers=layers, max_len=2 * shape["length"],
+      dtype="bfloat16" if gpu else "float32")
+  rows = 64 if gpu else 8
+  source = jnp.asarray(train_speed.random_pair(rows, shape["length"] // 2, shape["vocab"])[0])
+  model = Transformer(config)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), source, source)["params"]
+  options = inference.DecodeOptions(method="beam", beam_size=4, extra_length=50)
+  ids = jax.block_until_ready(inference.translate_ids(model, params, source, options)[0])
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    jax.block_until_ready(inference.translate_ids(model, params, source, options))
+    times.append(time.perf_counter() - start)
+  return {"sentences": rows, "source_length": shape["length"] // 2, "output_length": ids.shape[-1],
+          "sentences_per_second": rows / statistics.median(times),
+          "seconds": median_and_spread(times)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=10, help="steps per round and variant")
+  parser.add_argument("--quick", action="store_true", help="CPU rehearsal: tiny sizes")
+  parser.add_argument("--out", default=os.path.join(RESULTS, "gpu_h200.json"))
+  parser.add_argument("--child_step", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  shape = QUICK if args.quick else FULL
+  device = jax.devices()[0]
+  gpu = device.platform == "gpu"
+  if not gpu and not args.quick:
+    raise SystemExit(f"error: no GPU here (jax sees {device.platform}); use --quick to rehearse")
+  if args.child_step:
+    child_step(shape, gpu, args.rounds, args.steps)
+    return
+  start = time.time()
+  spec = next((peak for name, peak in PEAK_BF16.items() if name in device.device_kind), 0.0)
+  measured = matmul_rate(8192 if gpu else 1024, jnp.bfloat16 if gpu else jnp.float32)
+  peaks = {"spec": spec or measured, "measured": measured}
+  report: dict[str, Any] = {
+      "device": device.device_kind, "jax": jax.__version__, "xla_flags":
+      os.environ.get("XLA_FLAGS", ""), "peak_bf16_flops_spec": spec,
+      "measured_matmul_flops": measured, "shape": {k: v for k, v in shape.items()},
+      "method": __doc__.split("\n\n")[2]}
+  report["correctness"] = correctness(shape, gpu)
+  print(json.dumps(report["correctness"], indent=1), flush=True)
+  report["train"] = train_rows(shape, gpu, args.rounds, args.steps, peaks)
+  report["xla_flag_sets"] = {
+      name: {"flags": list(flags), "step_ms": flag_set_step_ms(flags, shape, gpu, args.rounds,
+                                                               args.steps)}
+      for name, flags in (("recommended", gpus.RECOMMENDED_XLA_FLAGS),
+                          ("alternative", gpus.ALTERNATIVE_XLA_FLAGS))}
+  report["decoding_beam4"] = decoding(shape, gpu)
+  report["wall_seconds"] = time.time() - start
+  for size, row in report["train"].items():
+    print(f"\n{size}: {row['tokens_per_step']:,d} tokens/step")
+    for name, figures in row["variants"].items():
+      print(f"  {name:28s} {figures['step_ms']['median']:8.1f} ms "
+            f"({figures['step_ms']['min']:.1f}-{figures['step_ms']['max']:.1f}) "
+            f"{figures['tokens_per_second']:>12,.0f} tok/s  MFU {figures['mfu_vs_spec']:.1%} "
+            f"(of measured matmul {figures['mfu_vs_measured_matmul']:.1%})")
+  print(f"XLA flag sets: {json.dumps(report['xla_flag_sets'])}")
+  print(f"beam-4 decoding: {report['decoding_beam4']['sentences_per_second']:.1f} sentences/s")
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w", encoding="utf-8") as handle:
+    json.dump(report, handle, indent=1)
+  print(f"written: {args.out} ({report['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+  main()
