@@ -25,7 +25,6 @@ import shlex
 import subprocess
 import sys
 
-import transformer  # noqa: F401  (first: quiet TensorFlow and JAX start-up defaults)
 from experiments import sweep as sweep_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
