@@ -252,28 +252,28 @@ def average(config: ml_collections.ConfigDict, workdir: str) -> str:
   directory = checkpoint_dir(workdir)
   manager = checkpointing.read_only_manager(directory)
   until = config.eval.average_until_step
-  steps = sorted(s for s in manager.all_steps() if until <= 0 or s <= until)
-  steps = steps[-config.eval.num_average:]
-  if not steps:
+  chosen = sorted(s for s in manager.all_steps() if until <= 0 or s <= until)
+  chosen = chosen[-config.eval.num_average:]
+  if not chosen:
     at = f" at or before step {until} (eval.average_until_step)" if until > 0 else ""
     raise FileNotFoundError(f"no checkpoint in {directory}{at} to average")
-  loaded = [load(config, directory, step) for step in steps]
+  loaded = [load(config, directory, step) for step in chosen]
   averaged = jax.tree.map(lambda *p: sum(p) / len(p), *[item.params for item in loaded])
-  metadata = checkpointing.restore_metadata(manager, steps[-1])
+  metadata = checkpointing.restore_metadata(manager, chosen[-1])
   setup = steps.make_setup(loaded[-1].config)
-  state, _ = checkpointing.restore(manager, steps[-1], setup.abstract_state)
+  state, _ = checkpointing.restore(manager, chosen[-1], setup.abstract_state)
   output = os.path.join(workdir, "averaged")
   writer = ocp.CheckpointManager(checkpointing.checkpoint_path(output),
                                  options=ocp.CheckpointManagerOptions(create=True),
                                  item_names=(checkpointing.STATE, checkpointing.METADATA))
-  metadata["averaged_steps"] = steps
+  metadata["averaged_steps"] = chosen
   for earlier in writer.all_steps():  # one average at a time: `averaged` loads what was asked
     writer.delete(earlier)
-  writer.save(steps[-1], args=ocp.args.Composite(**{
+  writer.save(chosen[-1], args=ocp.args.Composite(**{
       checkpointing.STATE: ocp.args.StandardSave(state.replace(params=averaged)),
       checkpointing.METADATA: ocp.args.JsonSave(metadata)}), force=True)
   writer.wait_until_finished()
-  return f"averaged steps {steps} into {output}/{steps[-1]}"
+  return f"averaged steps {chosen} into {output}/{chosen[-1]}"
 
 
 def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: str,
