@@ -1,6 +1,6 @@
 """The GPU check: correctness, train-step speed beside the peers, XLA flags and decoding, one GPU.
 
-    python benchmarks/gpu_check.py [--rounds 3] [--steps 10] [--out benchmarks/results/gpu_h200.json]
+    python benchmarks/gpu_check.py [--rounds 3] [--steps 10] [--out FILE.json]
     python benchmarks/gpu_check.py --quick   # a rehearsal on CPU: tiny sizes, same code paths
 
 Needs jax with a GPU (the `[cuda12]`/`[cuda13]` extra), flax, optax, torch with CUDA and
@@ -44,11 +44,10 @@ import numpy as np  # noqa: E402
 
 import flax_peer  # noqa: E402
 import train_speed  # noqa: E402
-from transformer import attention, config as model_configs, inference, masks, steps  # noqa: E402
+from transformer import attention, config as model_configs, flops, inference, masks, steps  # noqa: E402
 from transformer.model import Transformer  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 FULL = dict(rows=96, length=256, vocab=37000, sizes=("base", "big"))
 QUICK = dict(rows=4, length=32, vocab=512, sizes=("tiny",))
 
@@ -56,19 +55,6 @@ QUICK = dict(rows=4, length=32, vocab=512, sizes=("tiny",))
 def median_and_spread(samples: list[float]) -> dict[str, float]:
   """Median, minimum and maximum of the per-round figures."""
   return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
-
-
-def matmul_rate(size: int, dtype: Any) -> float:
-  """FLOP/s of a large jitted matmul on the default device (best of 5)."""
-  a = jnp.ones((size, size), dtype)
-  matmul = jax.jit(lambda x: x @ x)
-  matmul(a).block_until_ready()
-  best = float("inf")
-  for _ in range(5):
-    start = time.perf_counter()
-    matmul(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best
 
 
 def correctness(shape: dict[str, Any], gpu: bool) -> dict[str, Any]:
@@ -141,65 +127,37 @@ def cudnn_against_reference(batch: int = 8, length: int = 256, heads: int = 8, d
 
 
 def torch_runner(size: str, shape: dict[str, Any]) -> tuple[Callable[[int], float], int]:
-  """(k -> seconds, peak bytes) of the PyTorch peer at its best on the GPU."""
+  """(k -> seconds, peak bytes allocated) of the PyTorch peer at its best on the GPU."""
   import torch
-  from torch import nn
 
-  import torch_peer
-
-  device = "cuda"
-  d_model, heads, d_ff, layers = train_speed.SIZES[size]
-  rows, length, vocab = shape["rows"], shape["length"], shape["vocab"]
-  torch.manual_seed(0)
-  model = torch_peer.Peer(vocab, d_model, heads, d_ff, layers, max_len=length).to(device)
-  optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9,
-                               fused=True)
-  source, target = (torch.from_numpy(x).long().to(device)
-                    for x in train_speed.random_pair(rows, length, vocab))
-  decoder_input = torch.cat([torch.zeros(rows, 1, dtype=torch.long, device=device),
-                             target[:, :-1]], dim=1)
-
-  def train_step():
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device, dtype=torch.bfloat16):
-      logits = model(source, decoder_input)
-      loss = nn.functional.cross_entropy(logits.reshape(-1, vocab).float(), target.reshape(-1),
-                                         label_smoothing=0.1)
-    loss.backward()
-    optimizer.step()
-
-  step = torch.compile(train_step)
   torch.cuda.reset_peak_memory_stats()
-
-  def run(k: int) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(k):
-      step()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-  run(3)
+  run = train_speed.torch_step(size, True, (shape["rows"], shape["length"]), shape["vocab"],
+                               device="cuda")
   return run, int(torch.cuda.max_memory_allocated())
+
+
+def our_runner(size: str, shape: dict[str, Any], gpu: bool, kernel: str, prng: str
+               ) -> tuple[Callable[[int], float], int, float]:
+  """(k -> seconds, compiled bytes, model FLOPs per step) of our train step."""
+  config, setup, state, batch = train_speed.jax_setup(
+      size, prng, batch_size=shape["rows"], length=shape["length"], vocab=shape["vocab"],
+      dtype="bfloat16" if gpu else "float32", attention_kernel=kernel)
+  compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
+  analysis = compiled.memory_analysis()
+  return (train_speed.timed_runner(lambda s: compiled(s, batch), state),
+          int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes),
+          steps.model_flops_per_step(setup, config))
 
 
 def runners(size: str, shape: dict[str, Any], gpu: bool) -> tuple[dict, dict, float]:
   """Every variant's (k -> seconds) runner, its memory, and the model FLOPs per step."""
-  geometry = dict(batch_size=shape["rows"], length=shape["length"], vocab=shape["vocab"])
-  dtype = "bfloat16" if gpu else "float32"
   variants = [("xla", "threefry2x32"), ("xla", "rbg")]
   if gpu:
     variants += [("cudnn", "threefry2x32"), ("cudnn", "rbg")]
   found, memory, model_flops = {}, {}, 0.0
   for kernel, prng in variants:
-    config, setup, state, batch = train_speed.jax_setup(size, prng, dtype=dtype,
-                                                        attention_kernel=kernel, **geometry)
-    compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
-    model_flops = steps.model_flops_per_step(setup, config)
     name = f"ours_{kernel}_{prng}"
-    found[name] = train_speed.timed_runner(lambda s, c=compiled, b=batch: c(s, b), state)
-    analysis = compiled.memory_analysis()
-    memory[name] = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes)
+    found[name], memory[name], model_flops = our_runner(size, shape, gpu, kernel, prng)
   source, target = train_speed.random_pair(shape["rows"], shape["length"], shape["vocab"])
   step, state = flax_peer.make_step(shape["vocab"], *train_speed.SIZES[size], source, target,
                                     dtype=jnp.bfloat16 if gpu else jnp.float32)
@@ -248,12 +206,7 @@ def flag_set_step_ms(flag_set: tuple[str, ...], shape: dict[str, Any], gpu: bool
 
 def child_step(shape: dict[str, Any], gpu: bool, rounds: int, num_steps: int) -> None:
   """--child_step: prints the median/min/max step ms of our first size's default variant."""
-  kernel = "cudnn" if gpu else "xla"
-  config, setup, state, batch = train_speed.jax_setup(
-      shape["sizes"][0], dtype="bfloat16" if gpu else "float32", attention_kernel=kernel,
-      batch_size=shape["rows"], length=shape["length"], vocab=shape["vocab"])
-  compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
-  run = train_speed.timed_runner(lambda s: compiled(s, batch), state)
+  run = our_runner(shape["sizes"][0], shape, gpu, "cudnn" if gpu else "xla", "threefry2x32")[0]
   print(json.dumps(median_and_spread([1e3 * run(num_steps) / num_steps
                                       for _ in range(rounds)])))
 
@@ -287,7 +240,8 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=10, help="steps per round and variant")
   parser.add_argument("--quick", action="store_true", help="CPU rehearsal: tiny sizes")
-  parser.add_argument("--out", default=os.path.join(RESULTS, "gpu_h200.json"))
+  parser.add_argument("--out", default=os.path.join(RESULTS, "gpu_h200.json"),
+                      help="the JSON report (default benchmarks/results/gpu_h200.json)")
   parser.add_argument("--child_step", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   shape = QUICK if args.quick else FULL
@@ -299,8 +253,10 @@ def main() -> None:
     child_step(shape, gpu, args.rounds, args.steps)
     return
   start = time.time()
-  spec = next((peak for name, peak in PEAK_BF16.items() if name in device.device_kind), 0.0)
-  measured = matmul_rate(8192 if gpu else 1024, jnp.bfloat16 if gpu else jnp.float32)
+  spec = next((peak for name, peak in flops.PEAK_FLOPS.items() if name in device.device_kind),
+              0.0)
+  measured = flops.measured_matmul_flops(8192 if gpu else 1024, 5,
+                                         jnp.bfloat16 if gpu else jnp.float32)
   peaks = {"spec": spec or measured, "measured": measured}
   report: dict[str, Any] = {
       "device": device.device_kind, "jax": jax.__version__, "xla_flags":

@@ -9,11 +9,12 @@
 Writes `WORKDIR/slurm/NAME.sbatch` (a sweep: `ROOT/slurm/`), submits it with `sbatch --parsable`
 and prints the job id. Every task runs `python -m transformer.main --multihost`: one process per
 node (it drives the node's GPUs) or one per GPU (`--processes_per_node=GPUS`), and
-`jax.distributed.initialize()` finds its peers from SLURM's environment. The job is `--requeue`able: when SLURM preempts it, the
-trainer gets SIGTERM, saves a checkpoint and exits; `--signal_seconds` before the time limit the
-batch script sends SIGUSR1 to the job's steps (the same save), then requeues the job, which
-resumes from the checkpoint. A sweep is one array task per point, each running
-`experiments.sweep --only=POINT --launcher=srun`; rows land in `ROOT/results.jsonl` as locally.
+`jax.distributed.initialize()` finds its peers from SLURM's environment. The job is
+`--requeue`able: when SLURM preempts it, the trainer gets SIGTERM, saves a checkpoint and exits;
+`--signal_seconds` before the time limit the batch script sends SIGUSR1 to the job's steps (the
+same save), then requeues the job, which resumes from the checkpoint. A sweep is one array task
+per point, each running `experiments.sweep --only=POINT --launcher=srun`; rows land in
+`ROOT/results.jsonl` as locally.
 """
 
 from __future__ import annotations
@@ -97,10 +98,10 @@ wait "$work"
 """
 
 
-def script(name: str, resources: Resources, output: str, command: list[str], array: str = "",
+def script(name: str, resources: Resources, output: str, command_line: str, array: str = "",
            prologue: str = "") -> str:
-  """A whole sbatch script around `command` (run with `srun` or as is)."""
-  body = _BODY.format(repo=shlex.quote(REPO), command=" ".join(map(shlex.quote, command)))
+  """A whole sbatch script around `command_line` (a shell command: `srun ...` or as is)."""
+  body = _BODY.format(repo=shlex.quote(REPO), command=command_line)
   return "\n".join(["#!/bin/bash", *header(name, resources, output, array), "", prologue,
                     body])
 
@@ -152,8 +153,8 @@ def run_job(config: str, workdir: str, resources: Resources, overrides: list[str
   resources.validate()
   workdir = os.path.abspath(workdir)
   slurm_dir = os.path.join(workdir, "slurm")
-  text = script(name, resources, os.path.join(slurm_dir, "%j.out"),
-                trainer_command(config, workdir, parse_overrides(overrides)))
+  command = trainer_command(config, workdir, parse_overrides(overrides))
+  text = script(name, resources, os.path.join(slurm_dir, "%j.out"), shlex.join(command))
   return write(os.path.join(slurm_dir, f"{name}.sbatch"), text), text
 
 
@@ -173,16 +174,16 @@ def sweep_job(sweep_spec: str, root: str, resources: Resources, only: str = "", 
             if p["name"] not in done and (chosen is None or p["name"] in chosen)]
   if not points:
     raise SlurmError(f"sweep '{sweep['name']}': every selected point is finished in {root}")
-  prologue = f"POINTS=({' '.join(map(shlex.quote, points))})\nPOINT=${{POINTS[$SLURM_ARRAY_TASK_ID]}}"
+  prologue = (f"POINTS=({' '.join(map(shlex.quote, points))})\n"
+              "POINT=${POINTS[$SLURM_ARRAY_TASK_ID]}")
   command = [sys.executable, "-m", "experiments.sweep", f"--sweep={sweep_spec}", f"--root={root}",
              "--only=$POINT", "--launcher=srun", "--retries=0"]
   if seeds:
     command.append(f"--seeds={seeds}")
-  body_command = " ".join(map(shlex.quote, command)).replace("'--only=$POINT'", '"--only=$POINT"')
-  text = "\n".join(["#!/bin/bash", *header(sweep["name"], resources,
-                                           os.path.join(root, "slurm", "%A_%a.out"),
-                                           f"0-{len(points) - 1}"), "", prologue,
-                    _BODY.format(repo=shlex.quote(REPO), command=body_command)])
+  # $POINT is the shell's: double quotes let the batch script expand it.
+  command_line = shlex.join(command).replace("'--only=$POINT'", '"--only=$POINT"')
+  text = script(sweep["name"], resources, os.path.join(root, "slurm", "%A_%a.out"), command_line,
+                f"0-{len(points) - 1}", prologue)
   return write(os.path.join(root, "slurm", f"{sweep['name']}.sbatch"), text), text, points
 
 

@@ -1,4 +1,4 @@
-"""`launch/slurm.py` against a real single-node SLURM (Debian's slurm-wlm + munge, `.ci/slurm_up.sh`).
+"""`launch/slurm.py` against a real single-node SLURM (slurm-wlm + munge, `.ci/slurm_up.sh`).
 
 A 2-task job trains the tiny config in two processes joined by `jax.distributed` from SLURM's
 environment; a 2-point sweep runs as a job array and lands in `results.jsonl`; a job warned of
@@ -39,16 +39,25 @@ def job_state(job_id: str) -> dict[str, str]:
   return dict(field.split("=", 1) for field in shown.split() if "=" in field)
 
 
-def wait_for(job_id: str, timeout: float = 420) -> dict[str, str]:
-  """Polls until the job (every array task) has ended; returns the last task's state."""
+def poll(condition, timeout: float, what: str, job_id: str) -> None:
+  """Checks `condition()` every second until it holds; cancels the job and fails after
+  `timeout` seconds (a guard against a hung job, not a speed check)."""
   deadline = time.time() + timeout
-  while time.time() < deadline:
+  while not condition():
+    if time.time() > deadline:
+      subprocess.run(["scancel", job_id])
+      raise AssertionError(f"job {job_id}: {what} within {timeout}s")
+    time.sleep(1)
+
+
+def wait_for(job_id: str, timeout: float = 420) -> dict[str, str]:
+  """Waits until the job (every array task) has ended; returns the last task's state."""
+  def ended() -> bool:
     queued = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
-    if queued.returncode == 0 and not queued.stdout.strip():
-      return job_state(job_id)
-    time.sleep(2)
-  subprocess.run(["scancel", job_id])
-  raise AssertionError(f"job {job_id} still queued or running after {timeout}s")
+    return queued.returncode == 0 and not queued.stdout.strip()
+
+  poll(ended, timeout, "did not end", job_id)
+  return job_state(job_id)
 
 
 def test_two_task_job_trains_in_two_processes(env, tmp_path):
@@ -85,10 +94,8 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes(env, tmp_path):
                            "train.test_at_end=false", f"data.data_dir={tmp_path}/tfds"])
   job_id = slurm.submit(path)
   log_path = tmp_path / "slurm" / f"{job_id}.out"
-  deadline = time.time() + 240
-  while "step 100/3000" not in (log_path.read_text() if log_path.exists() else ""):
-    assert time.time() < deadline, "training did not start"
-    time.sleep(1)
+  poll(lambda: log_path.exists() and "step 100/3000" in log_path.read_text(), 240,
+       "training did not start", job_id)
   # What SLURM does `--signal` seconds before the time limit: SIGUSR1 to the batch shell.
   subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
   state = wait_for(job_id, timeout=600)

@@ -4,8 +4,8 @@ Importing the package sets quiet defaults for the libraries below it, before the
 TensorFlow start-up notices (TensorFlow only feeds data here, so its oneDNN kernels are off) and,
 on a machine without TPU chips, a libtpu (the `[tpu]` extra, for ahead-of-time compilation) that
 does not query a metadata server or warn about one; with a CUDA plugin installed on a machine
-without a GPU, a JAX start-up without the CUDA stubs' "no driver" lines (`quiet_start.py`). Values set
-in the environment win.
+without a GPU, a JAX start-up without the CUDA stubs' "no driver" lines (`quiet_start.py`).
+Values set in the environment win.
 """
 
 import os as _os

@@ -224,8 +224,7 @@ class MultiHeadAttention(nn.Module):
     key_positions = jnp.arange(cached_key.value.shape[1])
     filled = (key_positions[None, :] <= query_positions[:, None])[None, None]  # [1, 1, Q, S]
     dense = masks.dense_of(mask)
-    dense = jnp.broadcast_to(filled, (key.shape[0],) + filled.shape[1:]) if dense is None \
-        else dense & filled
+    dense = filled if dense is None else dense & filled
     if step_length != 1:  # several steps at once: only the dense form says what each may see
       return cached_key.value, cached_value.value, Mask(dense)
     batch = jnp.full((key.shape[0],), 1, jnp.int32)

@@ -66,11 +66,15 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v
               "A100": 312e12}
 
 
-
 def measured_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
-  """FLOP/s of a large jitted float32 matmul on this host (the CPU's practical peak): the
-  fastest of `repeats` calls, so that a moment of other load does not lower it."""
-  a = jnp.ones((size, size), jnp.float32)
+  """FLOP/s of a large jitted float32 matmul on this host (the CPU's practical peak)."""
+  return measured_matmul_flops(size, repeats, jnp.float32)
+
+
+def measured_matmul_flops(size: int, repeats: int, dtype: jnp.dtype) -> float:
+  """FLOP/s of a `size`^3 jitted matmul on the default device: the fastest of `repeats` calls,
+  so that a moment of other load does not lower it."""
+  a = jnp.ones((size, size), dtype)
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
   fastest = float("inf")

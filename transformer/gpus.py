@@ -11,12 +11,13 @@ without a GPU, so FLOPs come from the model formula and no step time is modeled.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 from typing import Any
 
-GIB = 2**30
+from transformer import quiet_start
+from transformer.tpu_slices import GIB
+
 GPUS_PER_NODE = 8
 # JAX preallocates this fraction of GPU memory; the trainer raises JAX's default 0.75 so that a
 # step sized for the whole GPU fits (XLA_PYTHON_CLIENT_MEM_FRACTION; set it yourself to override).
@@ -145,8 +146,7 @@ def compile_only_devices(cluster: GpuCluster) -> list[Any]:
   """Compile-only devices of `cluster`, described by the CUDA plugin without a GPU."""
   from jax.experimental import topologies  # noqa: PLC0415
 
-  if not any(importlib.util.find_spec(name) for name in ("jax_cuda12_plugin",
-                                                         "jax_cuda13_plugin")):
+  if not quiet_start.cuda_plugin_installed():
     raise ValueError(f"--topology={cluster.gpu.name}: compiling for a GPU needs the CUDA plugin: "
                      "pip install -e '.[gpu_compile]' (or the [cuda12]/[cuda13] extra)")
   try:

@@ -230,7 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointing.save(manager, step, state, train_iterator, metadata, metrics=ranked,
                            force=True)
       if stop:
-        report(f"stop signal (SIGTERM or SIGUSR1) received: saved a checkpoint at step {step}, exiting")
+        report("stop signal (SIGTERM or SIGUSR1) received: saved a checkpoint at step "
+               f"{step}, exiting")
         break
       if not last_step:
         batch = sharding.global_batch(next(train_iterator), setup.mesh)
