@@ -1,9 +1,9 @@
 """`launch/slurm.py` against a real single-node SLURM (slurm-wlm + munge, `.ci/slurm_up.sh`).
 
 A 2-task job trains the tiny config in two processes joined by `jax.distributed` from SLURM's
-environment; a 2-point sweep runs as a job array and lands in `results.jsonl`; a job warned of
-its time limit (SIGUSR1 to the batch shell, as `--signal=B:USR1@N` does) checkpoints, requeues
-itself and resumes from the checkpoint.
+environment and, warned of its time limit (SIGUSR1 to the batch shell, as `--signal=B:USR1@N`
+does), checkpoints, requeues itself and resumes from the checkpoint; a 2-point sweep runs as a
+job array and lands in `results.jsonl`.
 """
 
 import json
@@ -60,20 +60,6 @@ def wait_for(job_id: str, timeout: float = 420) -> dict[str, str]:
   return job_state(job_id)
 
 
-def test_two_task_job_trains_in_two_processes(env, tmp_path):
-  resources = slurm.Resources(processes_per_node=2)
-  path, text = slurm.run_job("tests/tiny_config.py", str(tmp_path), resources,
-                             ["train.num_steps=6", "train.test_at_end=false",
-                              f"data.data_dir={tmp_path}/tfds"])
-  assert "#SBATCH --ntasks-per-node=2" in text and "--multihost" in text
-  state = wait_for(slurm.submit(path))
-  log = "".join(open(p).read() for p in (tmp_path / "slurm").glob("*.out"))
-  assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log[-3000:]
-  provenance = json.loads((tmp_path / "provenance.json").read_text())
-  assert provenance["process_count"] == 2
-  assert (tmp_path / "checkpoints" / "6").is_dir()
-
-
 def test_sweep_array_lands_in_results(env, tmp_path):
   spec = f"tests/slurm_sweep.py:{tmp_path}/tfds"
   path, text, points = slurm.sweep_job(spec, str(tmp_path / "root"), slurm.Resources())
@@ -87,26 +73,34 @@ def test_sweep_array_lands_in_results(env, tmp_path):
     slurm.sweep_job(spec, str(tmp_path / "root"), slurm.Resources())
 
 
-def test_time_limit_warning_checkpoints_requeues_and_resumes(env, tmp_path):
-  path, _ = slurm.run_job("tests/tiny_config.py", str(tmp_path), slurm.Resources(),
-                          ["train.num_steps=3000", "train.log_every_steps=100",
-                           "train.checkpoint_every_steps=100000", "train.eval_every_steps=100000",
-                           "train.test_at_end=false", f"data.data_dir={tmp_path}/tfds"])
+def test_two_task_job_checkpoints_requeues_and_resumes_at_the_time_limit_warning(env, tmp_path):
+  """Two trainer processes joined by jax.distributed; the warning SLURM sends before the time
+  limit (SIGUSR1 to the batch shell) makes both save the same step, the job requeue itself and
+  resume from that step."""
+  resources = slurm.Resources(processes_per_node=2)
+  path, text = slurm.run_job("tests/tiny_config.py", str(tmp_path), resources,
+                             ["train.num_steps=600", "train.log_every_steps=50",
+                              "train.checkpoint_every_steps=100000",
+                              "train.eval_every_steps=100000", "train.test_at_end=false",
+                              f"data.data_dir={tmp_path}/tfds"])
+  assert "#SBATCH --ntasks-per-node=2" in text and "--multihost" in text
   job_id = slurm.submit(path)
   log_path = tmp_path / "slurm" / f"{job_id}.out"
-  poll(lambda: log_path.exists() and "step 100/3000" in log_path.read_text(), 240,
+  poll(lambda: log_path.exists() and "step 50/600" in log_path.read_text(), 240,
        "training did not start", job_id)
-  # What SLURM does `--signal` seconds before the time limit: SIGUSR1 to the batch shell.
   subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
   state = wait_for(job_id, timeout=600)
   log = log_path.read_text()
-  assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", log[-3000:]
+  assert state["JobState"] == "COMPLETED" and state["ExitCode"] == "0:0", log[-3000:]
+  assert state["Restarts"] == "1", log[-3000:]
+  assert json.loads((tmp_path / "provenance.json").read_text())["process_count"] == 2
   assert "time limit near: checkpointing, then requeueing" in log
   saved = [line for line in log.splitlines() if "received: saved a checkpoint at step" in line]
   assert len(saved) == 1
   saved_step = int(saved[0].split("at step ")[1].split(",")[0])
+  assert 50 <= saved_step < 600
   assert f"resumed from the checkpoint at step {saved_step}" in log
-  assert "restart 1" in log and (tmp_path / "checkpoints" / "3000").is_dir()
+  assert "restart 1" in log and (tmp_path / "checkpoints" / "600").is_dir()
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
