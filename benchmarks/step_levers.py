@@ -121,7 +121,7 @@ def variant(size: str, shape: tuple[int, int], prng_impl: str = "rbg",
     weights = training.target_weights(batch)
 
     def loss_fn(params):
-      logits = training._logits(params, batch, setup.model, key)
+      logits = training.teacher_forced(params, batch, setup.model, key)
       loss_sum, weight_sum = loss(logits, batch["targets"], weights, 0.1)
       return loss_sum / jnp.maximum(weight_sum, 1.0), (logits, loss_sum)
 

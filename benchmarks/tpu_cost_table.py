@@ -3,14 +3,20 @@
 For each model and slice, the train step is compiled ahead of time for XLA:TPU (no TPU needed,
 see transformer/aot.py) with each candidate layout (mesh and rematerialisation) at the paper's
 batch of ~25k tokens per side; the layout with the best modeled MFU that fits is then compiled
-with its decode step and becomes the table's row. Every figure is XLA's TPU cost model, not a
-measurement. Resumable: finished compilations are read back from the output directory.
+with its decode step and becomes the table's row. Every figure is XLA's TPU cost model
+(`optimal_seconds` corrected for unmodeled custom calls, transformer/hlo_cost.py), not a
+measurement. Every JSON carries the commit, jax and libtpu versions and the config changes it
+was compiled with; tests/test_cost_table.py recompiles the small `check` row and fails when the
+current step no longer compiles to the committed figures. Resumable: finished compilations are
+read back from the output directory.
 
-    python benchmarks/tpu_cost_table.py [--slices v4-8,v4-32,v5litepod-8,v5p-8] [--models base,big]
-        [--layouts dp,fsdp,dp+remat]
+    python benchmarks/tpu_cost_table.py table [--slices v4-8,v5litepod-8,v5p-8] [--models base,big]
+        [--layouts dp,dp+remat]
+    python benchmarks/tpu_cost_table.py before-after [--slices v4-8] [--models base,big]
+    python benchmarks/tpu_cost_table.py check
 
-Two processes with different --slices share the work on two cores; a last run with no flags
-reads every compilation back and writes the whole table.
+`before-after` compiles the train step with each of the step's memory options alone and all
+of them, against the step without them, at the table row's layout.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import json
 import os
 import sys
 import time
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from transformer import aot  # noqa: E402
 
@@ -30,44 +38,83 @@ aot.prepare_off_device_compilation()
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join("runs", "tpu_compile_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
+import step_options  # noqa: E402  (benchmarks/, beside this file)
 from experiments.configs import wmt14_base, wmt14_big  # noqa: E402
-from transformer import flops, steps, tpu_slices  # noqa: E402
+from transformer import flops, provenance, steps, tpu_slices  # noqa: E402
 
-MODELS = {"base": wmt14_base.get_config, "big": wmt14_big.get_config}
-# (name, mesh, remat): pure data parallelism; parameters and Adam state sharded over every chip
-# (FSDP); data parallelism with activations recomputed in the backward pass.
-LAYOUTS = (("dp", dict(data=-1, fsdp=1, tensor=1), "none"),
-           ("fsdp", dict(data=1, fsdp=-1, tensor=1), "none"),
-           ("dp+remat", dict(data=-1, fsdp=1, tensor=1), "dots"))
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tpu_compile")
 
 
-def configured(model: str, layout: tuple) -> ml_collections.ConfigDict:
-  """The experiment config with a candidate layout."""
-  config = MODELS[model]()
-  _, mesh, remat = layout
-  config.mesh.update(mesh)
-  config.model.remat_policy = remat
+def check_config() -> ml_collections.ConfigDict:
+  """The base config cut to one layer per stack and 8 rows: a row CI can compile in seconds."""
+  config = wmt14_base.get_config()
+  config.model.update(encoder_layers=1, decoder_layers=1)
+  config.data.update(batch_size=8, eval_batch_size=8, max_eval_length=32)
+  config.decode.extra_length = 8
   return config
 
 
-def train_only(config: ml_collections.ConfigDict, accelerator: str) -> dict:
+MODELS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
+    "base": wmt14_base.get_config, "big": wmt14_big.get_config, "check": check_config}
+# (name, mesh, remat): pure data parallelism; parameters and Adam state sharded over every chip
+# (FSDP); data parallelism with activations recomputed in the backward pass.
+LAYOUTS = {"dp": (dict(data=-1, fsdp=1, tensor=1), "none"),
+           "fsdp": (dict(data=1, fsdp=-1, tensor=1), "none"),
+           "dp+remat": (dict(data=-1, fsdp=1, tensor=1), "dots")}
+# The train step's memory options (issue #60) as dotted config changes: the step without them,
+# each alone and all of them (as benchmarks/step_options.py times them on CPU), and the
+# configs' own defaults.
+VARIANTS = {name: {**{f"model.{key}": value for key, value in model.items()},
+                   **{f"train.{key}": value for key, value in train.items()}}
+            for name, (model, train) in step_options.VARIANTS.items()}
+VARIANTS["config defaults"] = {}
+
+
+def configured(model: str, layout: str, changes: dict[str, Any] | None = None
+               ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """The experiment config with a layout and config changes, and the changes as recorded."""
+  config = MODELS[model]()
+  mesh, remat = LAYOUTS[layout]
+  recorded = {**{f"mesh.{k}": v for k, v in mesh.items()}, "model.remat_policy": remat,
+              **(changes or {})}
+  for key, value in recorded.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  return config, recorded
+
+
+def stamp(result: dict[str, Any], model: str, changes: dict[str, Any]) -> dict[str, Any]:
+  """Adds what a row came from: model, config changes, commit and versions."""
+  versions = provenance.versions()
+  return {**result, "model": model, "config_changes": changes, **provenance.code_version(),
+          "jax": versions["jax"], "libtpu": versions["libtpu"]}
+
+
+def train_only(model: str, layout: str, accelerator: str, changes: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
   """Modeled figures of the train step alone (the decode step is compiled for the winner)."""
+  config, recorded = configured(model, layout, changes)
   slice_ = tpu_slices.get_slice(accelerator)
   setup = steps.make_setup(config, devices=aot.slice_devices(slice_))
   step = aot.compile_or_oom(aot.compile_train_step, setup, config, slice_.chip)
-  result = {"mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "train": step}
+  result = {"accelerator_type": accelerator, "layout": layout,
+            "mesh": {k: int(v) for k, v in setup.mesh.shape.items()}, "train": step}
   if step["fits"]:
     result["modeled_mfu"] = flops.mfu(steps.model_flops_per_step(setup, config), 1,
                                       step["modeled_step_seconds"],
                                       slice_.chips * slice_.chip.peak_bf16_flops)
-  return result
+  return stamp(result, model, recorded)
 
 
-def cached(path: str, compute) -> dict:
+def full_report(model: str, layout: str, accelerator: str) -> dict[str, Any]:
+  """The train and decode steps' report (`--mode=compile`'s), stamped."""
+  config, recorded = configured(model, layout)
+  return stamp({**aot.compile_report(config, accelerator), "layout": layout}, model, recorded)
+
+
+def cached(path: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
   """Reads `path` if present, else computes and writes it (the campaign resumes)."""
   if os.path.exists(path):
     with open(path, encoding="utf-8") as handle:
@@ -81,58 +128,111 @@ def cached(path: str, compute) -> dict:
   return result
 
 
-def best_layout(model: str, accelerator: str, layouts: tuple) -> tuple:
+def best_layout(model: str, accelerator: str, layouts: list[str]) -> str:
   """The fitting layout with the highest modeled MFU."""
   scored = []
   for layout in layouts:
-    path = os.path.join(OUTPUT, f"{model}_{accelerator}_{layout[0]}.train.json")
-    result = cached(path, lambda: train_only(configured(model, layout), accelerator))
-    print(f"  {model} {accelerator} {layout[0]:9s} fits={result['train']['fits']} "
+    path = os.path.join(OUTPUT, f"{model}_{accelerator}_{layout}.train.json")
+    result = cached(path, lambda: train_only(model, layout, accelerator))
+    print(f"  {model} {accelerator} {layout:9s} fits={result['train']['fits']} "
           f"MFU {result.get('modeled_mfu', 0):.1%}", flush=True)
     if result["train"]["fits"]:
       scored.append((result["modeled_mfu"], layout))
   if not scored:
     raise SystemExit(f"error: no candidate layout fits {model} on {accelerator}")
-  return max(scored, key=lambda item: item[0])[1]
+  return max(scored)[1]
 
 
-def table(rows: list[dict]) -> str:
+def gb(value: float) -> str:
+  return f"{value / 1e9:.1f} GB"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
   """The markdown cost table."""
-  lines = ["| model | slice | chips | layout | HBM/chip | step (ms) | source | tokens/s | MFU | "
-           "steps | hours | on demand | spot |", "|" + "---|" * 13]
+  lines = ["| model | slice | chips | layout | HBM/chip | HBM traffic/chip | step (ms) | "
+           "bound (ms) | tokens/s | MFU | steps | hours | on demand | spot |",
+           "|" + "---|" * 14]
   for r in rows:
+    train = r["train"]
     lines.append(
         f"| {r['model']} | {r['accelerator_type']} | {r['chips']} | {r['layout']} | "
-        f"{r['train']['hbm_bytes_per_device'] / 2**30:.1f} GiB | "
-        f"{r['modeled_step_seconds'] * 1e3:.1f} | {r['modeled_step_seconds_source']} | "
+        f"{train['hbm_bytes_per_device'] / 2**30:.1f} GiB | "
+        f"{gb(train['hbm_traffic_bytes_per_device'])} | "
+        f"{r['modeled_step_seconds'] * 1e3:.1f} | {train['roofline_seconds'] * 1e3:.1f} | "
         f"{r['modeled_tokens_per_second']:,.0f} | {r['modeled_mfu']:.1%} | "
         f"{r['num_steps'] // 1000}k | {r['modeled_train_hours']:.1f} | "
         f"${r['modeled_cost_usd_on_demand']:,.0f} | ${r['modeled_cost_usd_spot']:,.0f} |")
   return "\n".join(lines)
 
 
+def before_after_table(rows: list[dict[str, Any]]) -> str:
+  """Per model and slice: each option's train step against the step without the options."""
+  lines = ["| model | slice | layout | variant | HBM/chip | HBM traffic/chip | "
+           "XLA bytes/chip | step (ms) | MFU |", "|" + "---|" * 9]
+  for r in rows:
+    train = r["train"]
+    lines.append(
+        f"| {r['model']} | {r['accelerator_type']} | {r['layout']} | {r['variant']} | "
+        f"{train['hbm_bytes_per_device'] / 2**30:.2f} GiB | "
+        f"{gb(train['hbm_traffic_bytes_per_device'])} | "
+        f"{gb(train['xla_bytes_accessed_per_device'])} | "
+        f"{train['modeled_step_seconds'] * 1e3:.1f} | {r['modeled_mfu']:.1%} |")
+  return "\n".join(lines)
+
+
+def footer(rows: list[dict[str, Any]]) -> str:
+  """What the figures are and where they came from."""
+  first = rows[0]
+  commit = first["commit"][:12] + (" (uncommitted changes)" if first["dirty"] else "")
+  return (f"\n\n{aot.MODELED}; HBM traffic counted from the compiled program "
+          f"(transformer/hlo_cost.py); bound = max(FLOPs / peak, traffic / bandwidth). "
+          f"Commit {commit}, jax {first['jax']}, libtpu {first['libtpu']}; "
+          f"{tpu_slices.PRICES_SOURCE}.\n")
+
+
+def write(name: str, text: str) -> None:
+  path = os.path.join(OUTPUT, name)
+  with open(path + ".tmp", "w", encoding="utf-8") as handle:
+    handle.write(text)
+  os.replace(path + ".tmp", path)
+  print(text)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--slices", default="v4-8,v4-32,v5litepod-8,v5p-8")
+  parser.add_argument("command", choices=("table", "before-after", "check"))
+  parser.add_argument("--slices", default="v4-8,v5litepod-8,v5p-8")
   parser.add_argument("--models", default="base,big")
-  parser.add_argument("--layouts", default=",".join(name for name, _, _ in LAYOUTS),
-                      help="candidate layouts to compile (names from LAYOUTS)")
+  parser.add_argument("--layouts", default="dp,dp+remat",
+                      help=f"candidate layouts to compile, of {', '.join(LAYOUTS)}")
   args = parser.parse_args()
-  layouts = tuple(layout for layout in LAYOUTS if layout[0] in args.layouts.split(","))
+  layouts = args.layouts.split(",")
+  unknown = sorted(set(layouts) - set(LAYOUTS))
+  if unknown:
+    parser.error(f"--layouts: unknown {', '.join(unknown)}; known: {', '.join(LAYOUTS)}")
   os.makedirs(OUTPUT, exist_ok=True)
+  if args.command == "check":
+    path = os.path.join(OUTPUT, "check_v4-8.json")
+    print(json.dumps(cached(path, lambda: full_report("check", "dp", "v4-8")), indent=1))
+    return
   rows = []
   for model in args.models.split(","):
     for accelerator in args.slices.split(","):
       layout = best_layout(model, accelerator, layouts)
-      path = os.path.join(OUTPUT, f"{model}_{accelerator}.json")
-      report = cached(path, lambda: aot.compile_report(configured(model, layout), accelerator))
-      rows.append({**report, "model": model, "layout": layout[0]})
-      print(table(rows[-1:]).splitlines()[-1], flush=True)
-  text = table(rows)
-  with open(os.path.join(OUTPUT, "table.md"), "w", encoding="utf-8") as handle:
-    handle.write(text + f"\n\nXLA TPU cost model, not measured; jax {jax.__version__}; "
-                 f"{tpu_slices.PRICES_SOURCE}.\n")
-  print(text)
+      if args.command == "table":
+        path = os.path.join(OUTPUT, f"{model}_{accelerator}.json")
+        rows.append(cached(path, lambda: full_report(model, layout, accelerator)))
+        continue
+      for variant, changes in VARIANTS.items():
+        slug = variant.replace(" ", "_").replace("=", "")
+        path = os.path.join(OUTPUT, f"{model}_{accelerator}_{layout}_{slug}.train.json")
+        result = cached(path, lambda: train_only(model, layout, accelerator, changes))
+        rows.append({**result, "variant": variant})
+        print(before_after_table(rows[-1:]).splitlines()[-1], flush=True)
+  if args.command == "table":
+    write("table.md", table(rows) + footer(rows))
+  else:
+    write("before_after.md", before_after_table(rows) + footer(rows))
 
 
 if __name__ == "__main__":

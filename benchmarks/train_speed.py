@@ -52,13 +52,15 @@ def random_pair(batch: int, length: int, vocab: int = VOCAB) -> tuple[np.ndarray
 
 
 def jax_setup(size: str, prng_impl: str = "threefry2x32", batch_size: int = BATCH,
-              length: int = LENGTH, vocab: int = VOCAB, **model_overrides):
+              length: int = LENGTH, vocab: int = VOCAB, train_overrides: dict | None = None,
+              **model_overrides):
   """(config, setup, initial state, batch) of our train step at `size` on one device."""
   d_model, heads, d_ff, layers = SIZES[size]
   config = common.base_config()
   config.model.update(dict(vocab_size=vocab, d_model=d_model, num_heads=heads, d_ff=d_ff,
                            encoder_layers=layers, decoder_layers=layers, **model_overrides))
   config.data.update(dict(packed_length=length, batch_size=batch_size))
+  config.train.update(train_overrides or {})
   config.mesh.update(dict(data=1, fsdp=1, tensor=1))
   config.train.prng_impl = prng_impl
   setup = steps.make_setup(config, devices=jax.devices()[:1])
@@ -88,11 +90,12 @@ def timed_runner(advance: Callable[[Any], tuple[Any, Any]], state: Any) -> Calla
 
 
 def jax_step(size: str, prng_impl: str = "threefry2x32", shape: tuple[int, int] = (BATCH, LENGTH),
-             **model_overrides):
+             train_overrides: dict | None = None, **model_overrides):
   """(run k steps -> seconds, model FLOPs per step, compiled bytes) for our train step.
 
   MFU counts model FLOPs (transformer/flops.py, the usual definition) for every framework."""
-  config, setup, state, batch = jax_setup(size, prng_impl, *shape, **model_overrides)
+  config, setup, state, batch = jax_setup(size, prng_impl, *shape,
+                                          train_overrides=train_overrides, **model_overrides)
   compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
   flops = steps.model_flops_per_step(setup, config)
   memory = compiled.memory_analysis()

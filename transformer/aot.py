@@ -4,8 +4,9 @@
 `jax.experimental.topologies` describes the slice's devices, and the very train step that
 training runs (same function, logical-axis rules, shardings, donated state) is lowered over a mesh
 of them and compiled by XLA:TPU. The compiled program reports its per-device memory and XLA's cost
-model (FLOPs, bytes, `optimal_seconds`); the modeled figures derived from them are estimates of
-the TPU cost model, not measurements. `--topology=h100-8` (any GPU of `gpus.py`) does the same
+model (FLOPs, `optimal_seconds`), corrected where it is known to be wrong (`hlo_cost.py`: the
+-1 s per unmodeled custom call, and HBM bytes counted from the program's memory spaces); the
+modeled figures derived from them are estimates of the TPU cost model, not measurements. `--topology=h100-8` (any GPU of `gpus.py`) does the same
 for NVIDIA GPUs through the CUDA plugin: memory per GPU is exact, FLOPs come from the model formula
 (XLA has no GPU cost model without a GPU) and no time is modeled.
 """
@@ -24,10 +25,12 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from transformer import flops, gpus, inference, sharding, steps, tpu_slices, training
+from transformer import (flops, gpus, hlo_cost, inference, sharding, steps, tpu_slices,
+                         training)
 from transformer.tpu_slices import GIB, Slice
 
-MODELED = "XLA TPU cost model, not measured"
+MODELED = ("XLA TPU cost model (optimal_seconds, corrected for unmodeled custom calls), "
+           "not measured")
 GPU_NOTE = ("GPU: memory from the compiled program (exact); FLOPs from the model formula (XLA has "
             "no GPU cost model without a GPU); no time is modeled: GPU times are measured "
             "(benchmarks/gpu_check.py)")
@@ -79,17 +82,23 @@ def _cost(compiled: Any) -> dict[str, float]:
                                                      "optimal_seconds")}
 
 
-def modeled_seconds(cost: dict[str, float], chip: tpu_slices.Chip) -> tuple[float, str]:
-  """Per-device step time and where it comes from.
+def modeled_seconds(optimal_seconds: float, hlo_text: str) -> float:
+  """The one step-time model: XLA's `optimal_seconds` with the -1 s of every unmodeled custom
+  call added back (`hlo_cost.corrected_optimal_seconds`)."""
+  seconds = hlo_cost.corrected_optimal_seconds(optimal_seconds, hlo_text)
+  if seconds <= 0:
+    raise ValueError(f"XLA's cost model gave {optimal_seconds:.4g} s for this step, "
+                     f"{seconds:.4g} s after correcting for unmodeled custom calls: no estimate "
+                     f"(custom calls: {', '.join(hlo_cost.custom_call_targets(hlo_text))}; "
+                     "transformer/hlo_cost.py lists the unmodeled ones)")
+  return seconds
 
-  XLA's `optimal_seconds` when it is positive and not below the roofline; otherwise the roofline
-  itself (the larger of FLOPs / peak FLOP/s and bytes accessed / HBM bandwidth, per device).
-  """
-  roofline = max(cost["flops"] / chip.peak_bf16_flops,
-                 cost["bytes accessed"] / chip.hbm_bytes_per_second)
-  if cost["optimal_seconds"] > 0 and cost["optimal_seconds"] >= roofline:
-    return cost["optimal_seconds"], "xla_optimal_seconds"
-  return roofline, "roofline"
+
+def roofline_seconds(flops_per_device: float, hbm_bytes_per_device: float,
+                     chip: tpu_slices.Chip) -> float:
+  """A lower bound on the step: the larger of FLOPs / bf16 peak and HBM bytes / bandwidth."""
+  return max(flops_per_device / chip.peak_bf16_flops,
+             hbm_bytes_per_device / chip.hbm_bytes_per_second)
 
 
 def _abstract(shape: Sequence[int], dtype: Any, sharding_: Any) -> jax.ShapeDtypeStruct:
@@ -123,17 +132,23 @@ def _step_report(compiled: Any, num_devices: int, chip: tpu_slices.Chip | gpus.G
       "hbm_bytes_per_device": hbm_bytes(memory) if memory is not None else None,
       "flops_per_device": cost["flops"] or None,  # None: no cost model (deviceless GPU)
       "flops_per_step": cost["flops"] * num_devices or None,
-      "bytes_accessed_per_device": cost["bytes accessed"],
-      "xla_optimal_seconds": cost["optimal_seconds"],
   }
   if isinstance(chip, gpus.Gpu):
     report.update(hbm_capacity_bytes=chip.usable_bytes,
                   fits=report["hbm_bytes_per_device"] <= chip.usable_bytes)
   elif chip is not None:
-    seconds, source = modeled_seconds(cost, chip)
+    text = compiled.as_text()
+    traffic = hlo_cost.hbm_bytes(text)
     report.update(hbm_capacity_bytes=chip.hbm_bytes,
                   fits=report["hbm_bytes_per_device"] <= chip.hbm_bytes,
-                  modeled_step_seconds=seconds, modeled_step_seconds_source=source)
+                  hbm_traffic_bytes_per_device=traffic,
+                  xla_bytes_accessed_per_device=cost["bytes accessed"],
+                  xla_optimal_seconds=cost["optimal_seconds"],
+                  unmodeled_custom_calls=hlo_cost.unmodeled_custom_calls(text),
+                  # XLA counts each loop body once: its FLOPs and time undercount these.
+                  while_loops=hlo_cost.while_loops(text),
+                  modeled_step_seconds=modeled_seconds(cost["optimal_seconds"], text),
+                  roofline_seconds=roofline_seconds(cost["flops"], traffic, chip))
   return report
 
 
@@ -261,7 +276,7 @@ def _modeled_run(report: dict[str, Any], config: ml_collections.ConfigDict,
       "modeled": MODELED,
       "peak_bf16_flops_per_chip": chip.peak_bf16_flops,
       "modeled_step_seconds": seconds,
-      "modeled_step_seconds_source": report["train"]["modeled_step_seconds_source"],
+      "roofline_step_seconds": report["train"]["roofline_seconds"],
       "modeled_tokens_per_second": report["tokens_per_step"] / seconds,
       "modeled_mfu": flops.mfu(report["model_flops_per_step"], 1, seconds,
                                chip.peak_bf16_flops * chips),
@@ -310,14 +325,21 @@ def format_report(report: dict[str, Any]) -> str:
   if "modeled_mfu" in report:
     lines += [
         f"{'step time':28s}{train['modeled_step_seconds'] * 1e3:>13.2f} ms"
-        f"{decode['modeled_step_seconds'] * 1e3:>13.2f} ms   "
-        f"({train['modeled_step_seconds_source']})",
+        f"{decode['modeled_step_seconds'] * 1e3:>13.2f} ms",
+        f"{'HBM traffic per device':28s}{train['hbm_traffic_bytes_per_device'] / 1e9:>13.2f} GB"
+        f"{decode['hbm_traffic_bytes_per_device'] / 1e9:>13.2f} GB",
+        f"{'roofline (lower bound)':28s}{train['roofline_seconds'] * 1e3:>13.2f} ms"
+        f"{decode['roofline_seconds'] * 1e3:>13.2f} ms",
         f"modeled: {report['modeled_tokens_per_second']:,.0f} tokens/s, MFU "
         f"{report['modeled_mfu']:.1%}; {report['num_steps']:,d} steps in "
         f"{report['modeled_train_hours']:.1f} h = ${report['modeled_cost_usd_on_demand']:,.0f} "
         f"on demand, ${report['modeled_cost_usd_spot']:,.0f} spot",
         f"({report['modeled']}; MFU = model FLOPs / time / bf16 peak; {report['prices']})",
     ]
+    for step in ("train", "decode"):
+      if report[step]["while_loops"]:
+        lines.append(f"(the {step} step runs {len(report[step]['while_loops'])} loop(s); XLA "
+                     "counts a loop body once, so its FLOPs and time for this step are too low)")
   return "\n".join(lines)
 
 

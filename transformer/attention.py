@@ -6,6 +6,8 @@ K per-head query/key size d_k, V per-head value size d_v, D d_model.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -18,27 +20,64 @@ from transformer.masks import Mask
 _MASKED_LOGIT = -1e10
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def softmax_stored_as(logits: jnp.ndarray, dtype: jnp.dtype) -> jnp.ndarray:
+  """softmax over the last axis, computed in float32 and returned (and kept for the backward
+  pass) in `dtype`: the backward pass needs only the probabilities, so in bfloat16 the
+  `[B, H, Q, S]` residual takes half the memory of float32's."""
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+
+
+def _softmax_forward(logits, dtype):
+  probs = softmax_stored_as(logits, dtype)
+  return probs, probs
+
+
+def _softmax_backward(dtype, probs, grad):
+  del dtype
+  probs, grad = probs.astype(jnp.float32), grad.astype(jnp.float32)
+  # d softmax: p * (g - sum(g * p)), in float32 from the stored probabilities.
+  return (probs * (grad - jnp.sum(grad * probs, axis=-1, keepdims=True)),)
+
+
+softmax_stored_as.defvjp(_softmax_forward, _softmax_backward)
+
+
 def reference_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
                         mask: jnp.ndarray | None, dropout_rng: jax.Array | None = None,
-                        dropout_rate: float = 0.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+                        dropout_rate: float = 0.0, probs_dtype: jnp.dtype = jnp.float32
+                        ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """softmax(Q K^T / sqrt(d_k)) V, with the logits and softmax in float32.
 
   Args:
     query: `[B, Q, H, K]`; key: `[B, S, H, K]`; value: `[B, S, H, V]`.
     mask: boolean, broadcastable to `[B, H, Q, S]`; True where attending is allowed.
     dropout_rng: if given, dropout with `dropout_rate` is applied to the attention weights.
+    probs_dtype: the dtype of Q K^T and of the probabilities kept for the product with V and
+      the backward pass: float32, or the compute dtype to halve their memory (the softmax is
+      computed in float32 either way).
   Returns:
-    The attended values `[B, Q, H, V]` (in the query's dtype) and weights `[B, H, Q, S]` (float32).
+    The attended values `[B, Q, H, V]` (in the query's dtype) and weights `[B, H, Q, S]`
+    (in `probs_dtype`).
   """
   scale = 1.0 / jnp.sqrt(jnp.float32(query.shape[-1]))
-  logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=jnp.float32) * scale
+  if jnp.dtype(probs_dtype) == jnp.float32:
+    logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=jnp.float32)
+    logits = logits * scale
+  else:  # the product (what remat policies save) in probs_dtype; the softmax in float32
+    logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=probs_dtype)
+    logits = logits.astype(jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask, logits, _MASKED_LOGIT)
-  weights = jax.nn.softmax(logits, axis=-1)
+  if jnp.dtype(probs_dtype) == jnp.float32:
+    weights = jax.nn.softmax(logits, axis=-1)
+  else:
+    weights = softmax_stored_as(logits, jnp.dtype(probs_dtype))
   attended_weights = weights
   if dropout_rng is not None and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    attended_weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    attended_weights = jnp.where(keep, weights / jnp.asarray(1.0 - dropout_rate, weights.dtype),
+                                 jnp.zeros((), weights.dtype))
   output = jnp.einsum("bhqs,bshv->bqhv", attended_weights.astype(value.dtype), value)
   return output, weights
 
@@ -186,8 +225,10 @@ class MultiHeadAttention(nn.Module):
     elif config.attention_kernel == "blockwise":
       attended = blockwise_attention(query, key, value, dense, config.attention_block_size)
     else:
+      probs_dtype = (jnp.float32 if config.attention_probs_dtype == "float32" else
+                     config.compute_dtype)
       attended, weights = reference_attention(query, key, value, dense, dropout_rng,
-                                              config.attention_dropout_rate)
+                                              config.attention_dropout_rate, probs_dtype)
       self.sow("intermediates", "attention_weights", weights)
     attended = nn.with_logical_constraint(attended, ("batch", "length", "heads", "kv"))
 

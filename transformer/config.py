@@ -54,6 +54,13 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_kernel: str = "xla"
+  # The xla kernel's Q K^T product and stored probabilities: float32, or "compute" (the compute
+  # dtype; the softmax itself is float32). Halves the [B, H, Q, S] matrices in bfloat16 runs;
+  # the same as float32 in float32 runs. Fused kernels never store them. (float32 here, for
+  # configs saved before the field existed; experiments/configs/common.py sets "compute".)
+  attention_probs_dtype: str = "float32"
+  # Dtype of the vocabulary logits (the log-sum-exp is float32 either way).
+  logits_dtype: str = "float32"
   # Query/key block size of the blockwise (memory-efficient) kernel.
   attention_block_size: int = 512
   remat_policy: str = "none"
@@ -147,6 +154,8 @@ def _validate(config: ModelConfig) -> None:
       "param_dtype": DTYPES,
       "attention_kernel": ATTENTION_KERNELS,
       "remat_policy": REMAT_POLICIES,
+      "attention_probs_dtype": ("float32", "compute"),
+      "logits_dtype": DTYPES,
   }
   for name, allowed in choices.items():
     value = getattr(config, name)

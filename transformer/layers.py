@@ -61,9 +61,12 @@ class Embedding(nn.Module):
   def attend(self, x: jnp.ndarray) -> jnp.ndarray:
     """The pre-softmax linear transformation with the shared matrix: `[B, L, D] -> [B, L, N]`.
 
-    Computed in float32 so the softmax over a large vocabulary stays accurate in bfloat16 runs.
+    In `config.logits_dtype`: float32 by default, so the softmax over a large vocabulary stays
+    accurate in bfloat16 runs; bfloat16 halves the logits' memory (losses then take the
+    log-sum-exp in float32).
     """
-    return jnp.einsum("bld,nd->bln", x.astype(jnp.float32), self.embedding.astype(jnp.float32))
+    dtype = jnp.dtype(self.config.logits_dtype)
+    return jnp.einsum("bld,nd->bln", x.astype(dtype), self.embedding.astype(dtype))
 
 
 class PositionalEncoding(nn.Module):

@@ -6,8 +6,15 @@ end. Glossary: B batch, L length, N vocabulary size.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+
+
+def log_softmax(logits: jnp.ndarray) -> jnp.ndarray:
+  """Float32 log-probabilities of float32 or bfloat16 logits (the log-sum-exp in float32)."""
+  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
 def label_smoothed_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
@@ -28,7 +35,7 @@ def label_smoothed_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
               (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
   # sum_n soft_n log p_n = (confidence - low) log p_target + low sum_n log p_n: one pass over
   # the log-softmax and a gather, no `[B, L, N]` one-hot.
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = log_softmax(logits)
   target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   loss = -((confidence - low_confidence) * target_log_probs
            + low_confidence * jnp.sum(log_probs, axis=-1)) - entropy
@@ -38,7 +45,7 @@ def label_smoothed_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
 def cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray
                   ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Plain (unsmoothed) negative log-likelihood sum, for perplexity, and the weight sum."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = log_softmax(logits)
   nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   return jnp.sum(nll * weights), jnp.sum(weights)
 
@@ -54,3 +61,41 @@ def accuracy(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray
   target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   correct = (target_logits >= jnp.max(logits, axis=-1)).astype(jnp.float32)
   return jnp.sum(correct * weights), jnp.sum(weights)
+
+
+def loss_and_accuracy(features: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray,
+                      project: Callable[[jnp.ndarray], jnp.ndarray], label_smoothing: float,
+                      chunks: int = 1) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  """Smoothed cross-entropy sum, correct-token count and weight sum from decoder features.
+
+  `project` maps `[B, l, D]` features to `[B, l, N]` logits. With `chunks > 1` the target
+  positions are projected `L / chunks` at a time, each chunk recomputed in the backward pass
+  (`jax.checkpoint`), so the `[B, L, N]` logits and their gradient never exist whole: the
+  vocabulary projection's memory falls by the factor `chunks`, at the price of one more
+  projection matmul in the backward pass. The chunks are unrolled, not a loop: XLA's TPU cost
+  model counts a loop body once, and a few chunks compile fast. The sums equal the unchunked
+  ones up to float summation order.
+
+  Args:
+    features: `[B, L, D]`; targets: `[B, L]` ids; weights: `[B, L]` (0 for padding).
+  """
+  length = targets.shape[1]
+  if length % chunks:
+    raise ValueError(f"config.train.loss_chunks={chunks} does not divide the target length "
+                     f"{length}")
+
+  def chunk_sums(chunk_features, chunk_targets, chunk_weights):
+    logits = project(chunk_features)
+    loss_sum, _ = label_smoothed_cross_entropy(logits, chunk_targets, chunk_weights,
+                                               label_smoothing)
+    correct, _ = accuracy(jax.lax.stop_gradient(logits), chunk_targets, chunk_weights)
+    return loss_sum, correct
+
+  if chunks == 1:
+    loss_sum, correct = chunk_sums(features, targets, weights)
+    return loss_sum, correct, jnp.sum(weights)
+  recomputed = jax.checkpoint(chunk_sums)
+  size = length // chunks
+  sums = [recomputed(features[:, i:i + size], targets[:, i:i + size], weights[:, i:i + size])
+          for i in range(0, length, size)]
+  return sum(s[0] for s in sums), sum(s[1] for s in sums), jnp.sum(weights)

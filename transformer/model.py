@@ -101,8 +101,9 @@ class Decoder(nn.Module):
                target_segments: jnp.ndarray | None = None,
                target_positions: jnp.ndarray | None = None,
                input_segments: jnp.ndarray | None = None, *, deterministic: bool = True,
-               decode: bool = False) -> jnp.ndarray:
-    """Returns float32 logits `[B, Lt, N]`.
+               decode: bool = False, features_only: bool = False) -> jnp.ndarray:
+    """Returns logits `[B, Lt, N]` (in `config.logits_dtype`), or with `features_only` the
+    `[B, Lt, D]` outputs of the last layer that the logits project.
 
     With `decode=True`, `targets` are the previous step's tokens `[B, 1]` (already shifted) and
     the key/value cache lives in the `cache` collection.
@@ -125,10 +126,12 @@ class Decoder(nn.Module):
                    name="layers")(y, encoded, self_mask, cross_mask)
     if config.normalization == "pre":
       y = layer_norm(config, "final_norm")(y)
+    if features_only:
+      return y
     if config.tie_output_embedding:
       return self.embedding.attend(y)
     return nn.Dense(
-        config.output_vocab_size, use_bias=False, dtype=jnp.float32,
+        config.output_vocab_size, use_bias=False, dtype=jnp.dtype(config.logits_dtype),
         param_dtype=config.weight_dtype,
         kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                                  ("embed", "vocab")),
@@ -168,6 +171,17 @@ class Transformer(nn.Module):
     return self.decoder(encoded, inputs, targets, targets_segmentation, targets_positions,
                         inputs_segmentation, deterministic=deterministic, decode=decode)
 
+  def project(self, features: jnp.ndarray) -> jnp.ndarray:
+    """The pre-softmax projection alone: `[B, L, D]` decoder features -> `[B, L, N]` logits.
+
+    With `__call__(..., features_only=True)` it lets a loss project a few positions at a time.
+    """
+    if self.config.tie_output_embedding:
+      return self.target_embedding.attend(features)
+    dtype = jnp.dtype(self.config.logits_dtype)
+    kernel = nn.unbox(self.decoder.variables["params"]["logits"]["kernel"])
+    return jnp.einsum("bld,dn->bln", features.astype(dtype), kernel.astype(dtype))
+
   def init_cache(self, encoded: jnp.ndarray, inputs: jnp.ndarray, max_decode_length: int
                  ) -> jnp.ndarray:
     """Creates the decoding cache (call with `mutable=['cache']`).
@@ -183,9 +197,11 @@ class Transformer(nn.Module):
                targets_segmentation: jnp.ndarray | None = None,
                inputs_positions: jnp.ndarray | None = None,
                targets_positions: jnp.ndarray | None = None, *,
-               deterministic: bool = True) -> jnp.ndarray:
-    """Teacher-forced forward pass: `[B, Ls]`, `[B, Lt]` -> float32 logits `[B, Lt, N]`."""
+               deterministic: bool = True, features_only: bool = False) -> jnp.ndarray:
+    """Teacher-forced forward pass: `[B, Ls]`, `[B, Lt]` -> logits `[B, Lt, N]` (or, with
+    `features_only`, the decoder's `[B, Lt, D]` outputs; see `project`)."""
     encoded = self.encode(inputs, inputs_segmentation, inputs_positions,
                           deterministic=deterministic)
-    return self.decode(encoded, inputs, targets, targets_segmentation, targets_positions,
-                       inputs_segmentation, deterministic=deterministic)
+    return self.decoder(encoded, inputs, targets, targets_segmentation, targets_positions,
+                        inputs_segmentation, deterministic=deterministic,
+                        features_only=features_only)

@@ -26,8 +26,9 @@ from transformer import (checkpointing, compilation_cache, evaluation, flops, gu
                          provenance, sharding, training)
 from transformer.data import datasets, inputs
 from transformer.data.tokenizer import TokenizerBase
-from transformer.steps import (Setup, compiled_eval_step, compiled_train_step, initial_state,
-                               make_setup, model_flops_per_step, schedule_fields)
+from transformer.steps import (Setup, compiled_eval_step, compiled_train_step,
+                               dropout_prng_impl, initial_state, make_setup, model_flops_per_step,
+                               prng_impl, schedule_fields)
 
 class MetricsLog:
   """JSONL file plus TensorBoard summaries (written by process 0 only)."""
@@ -151,6 +152,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = initial_state(setup)
 
+  drawn = dropout_prng_impl(config, setup.mesh)
+  if drawn != prng_impl(config):
+    report(f"dropout masks drawn with {drawn}, not config.train.prng_impl="
+           f"{prng_impl(config)}: XLA would draw rbg's bits for the whole batch on each of "
+           f"the {setup.mesh.size} devices")
   train_step = compiled_train_step(setup, config)
   eval_step = compiled_eval_step(setup, config)
   first_batch = sharding.global_batch(next(train_iterator), setup.mesh)

@@ -49,6 +49,19 @@ def prng_impl(config: ml_collections.ConfigDict) -> str:
   return config.train.get("prng_impl", "threefry2x32")
 
 
+def dropout_prng_impl(config: ml_collections.ConfigDict, mesh: Mesh) -> str:
+  """The generator that draws the dropout masks on `mesh`.
+
+  XLA does not partition rbg's RngBitGenerator: on a mesh of several devices each one would draw
+  the whole global batch's bits. There the masks come from threefry instead, which JAX
+  partitions (each device draws its share); on one device rbg is kept.
+  """
+  configured = prng_impl(config)
+  if configured != "threefry2x32" and mesh.size > 1:
+    return "threefry2x32"
+  return configured
+
+
 def schedule_fields(train: Any) -> tuple[int, int]:
   """(num_steps, cooldown_steps) of a train config or a checkpoint's saved one."""
   return train["num_steps"], train.get("cooldown_steps", 0)
@@ -69,6 +82,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("adam_b1", "adam_b2", "label_smoothing"):
     if not 0.0 <= train[name] < 1.0:
       raise ValueError(f"config.train.{name} must be in [0, 1), got {train[name]}")
+  if not isinstance(train.get("loss_chunks", 1), int) or train.get("loss_chunks", 1) <= 0:
+    raise ValueError(f"config.train.loss_chunks must be a positive integer, got "
+                     f"{train.get('loss_chunks')!r}")
+  if config.data.packed_length % train.get("loss_chunks", 1):
+    raise ValueError(f"config.train.loss_chunks={train.loss_chunks} must divide "
+                     f"config.data.packed_length={config.data.packed_length}")
   if prng_impl(config) not in training.PRNG_IMPLS:
     raise ValueError(f"config.train.prng_impl must be one of {', '.join(training.PRNG_IMPLS)}, "
                      f"got {prng_impl(config)!r}")
@@ -117,7 +136,9 @@ def compiled_train_step(setup: Setup, config: ml_collections.ConfigDict):
   step = functools.partial(training.train_step, model=setup.model, optimizer=setup.optimizer,
                            schedule=setup.schedule,
                            label_smoothing=config.train.label_smoothing,
-                           prng_impl=prng_impl(config))
+                           prng_impl=prng_impl(config),
+                           dropout_prng_impl=dropout_prng_impl(config, setup.mesh),
+                           loss_chunks=config.train.get("loss_chunks", 1))
   replicated = NamedSharding(setup.mesh, PartitionSpec())
   return jax.jit(step, in_shardings=(setup.state_shardings, sharding.batch_sharding(setup.mesh)),
                  out_shardings=(setup.state_shardings, replicated), donate_argnums=0)

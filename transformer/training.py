@@ -126,15 +126,17 @@ def init_state(model: Transformer, optimizer: optax.GradientTransformation, seed
                     opt_state=optimizer.init(params), rng=dropout_rng)
 
 
-def _logits(params: Any, batch: Batch, model: Transformer,
-            dropout_rng: jax.Array | None = None) -> jnp.ndarray:
-  """The teacher-forced forward pass over a (possibly packed) batch; dropout iff a key is given."""
+def teacher_forced(params: Any, batch: Batch, model: Transformer,
+                   dropout_rng: jax.Array | None = None, features_only: bool = False
+                   ) -> jnp.ndarray:
+  """The teacher-forced forward pass over a (possibly packed) batch: logits, or with
+  `features_only` the decoder outputs they project; dropout iff a key is given."""
   return model.apply({"params": params}, batch["inputs"], batch["targets"],
                      inputs_segmentation=batch.get("inputs_segmentation"),
                      targets_segmentation=batch.get("targets_segmentation"),
                      inputs_positions=batch.get("inputs_position"),
                      targets_positions=batch.get("targets_position"),
-                     deterministic=dropout_rng is None,
+                     deterministic=dropout_rng is None, features_only=features_only,
                      rngs=None if dropout_rng is None else {"dropout": dropout_rng})
 
 
@@ -146,34 +148,47 @@ def target_weights(batch: Batch) -> jnp.ndarray:
 
 
 def training_loss(params: Any, *, batch: Batch, model: Transformer, dropout_rng: jax.Array,
-                  label_smoothing: float) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray]]:
-  """Mean label-smoothed loss with dropout (what the step differentiates), and
-  `(logits, loss sum)` for the metrics."""
-  logits = _logits(params, batch, model, dropout_rng)
-  loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"],
-                                                             target_weights(batch),
-                                                             label_smoothing)
-  return loss_sum / jnp.maximum(weight_sum, 1.0), (logits, loss_sum)
+                  label_smoothing: float, loss_chunks: int = 1
+                  ) -> tuple[jnp.ndarray, tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]]:
+  """Mean label-smoothed loss with dropout (what the step differentiates), and the sums
+  `(loss, correct tokens, weight)` for the metrics. `loss_chunks > 1` projects the vocabulary
+  logits a few target positions at a time (`losses.loss_and_accuracy`)."""
+  features = teacher_forced(params, batch, model, dropout_rng, features_only=True)
+  project = lambda chunk: model.apply({"params": params}, chunk, method=Transformer.project)
+  sums = losses.loss_and_accuracy(features, batch["targets"], target_weights(batch), project,
+                                  label_smoothing, loss_chunks)
+  return sums[0] / jnp.maximum(sums[2], 1.0), sums
+
+
+def dropout_key(rng: jnp.ndarray, step: jnp.ndarray, stored_impl: str, drawn_impl: str
+                ) -> jax.Array:
+  """The step's dropout key: the state's key (of `stored_impl`) folded with the step number,
+  drawn with `drawn_impl`. A threefry key drawn from rbg key data uses its first two words, so
+  the state (and its checkpoints) keep one shape whichever generator a mesh draws with."""
+  if drawn_impl != stored_impl:
+    rng = rng[..., :2]
+  return jax.random.fold_in(jax.random.wrap_key_data(rng, impl=drawn_impl), step)
 
 
 def train_step(state: TrainState, batch: Batch, *, model: Transformer,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               label_smoothing: float, prng_impl: str = "threefry2x32"
+               label_smoothing: float, prng_impl: str = "threefry2x32",
+               dropout_prng_impl: str | None = None, loss_chunks: int = 1
                ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One optimizer update on a batch: `(state, batch) -> (state, metric sums)`.
 
-  `prng_impl` draws the dropout masks: rbg (XLA's RngBitGenerator) is much cheaper than
-  threefry on CPUs and GPUs, but its masks depend on the mesh.
+  `prng_impl` is the generator of the state's key; `dropout_prng_impl` (default the same) draws
+  the masks. rbg (XLA's RngBitGenerator) is much cheaper than threefry on CPUs and GPUs, but
+  its masks depend on the mesh and a sharded mesh draws the whole batch's bits on every device;
+  threefry draws only each device's share (`steps.dropout_prng_impl` picks per mesh).
   """
-  dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=prng_impl),
-                                   state.step)
-  weights = target_weights(batch)
+  dropout_rng = dropout_key(state.rng, state.step, prng_impl, dropout_prng_impl or prng_impl)
   loss_fn = functools.partial(training_loss, batch=batch, model=model, dropout_rng=dropout_rng,
-                              label_smoothing=label_smoothing)
-  (_, (logits, loss_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+                              label_smoothing=label_smoothing, loss_chunks=loss_chunks)
+  (_, (loss_sum, correct, weight_sum)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  correct, weight_sum = losses.accuracy(logits, batch["targets"], weights)
   metrics = {"loss_sum": loss_sum, "correct": correct, "weight": weight_sum,
              "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -182,7 +197,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Transformer,
 def eval_step(params: Any, batch: Batch, *, model: Transformer, label_smoothing: float
               ) -> dict[str, jnp.ndarray]:
   """Sums of smoothed loss, negative log-likelihood and correct tokens over a batch."""
-  logits = _logits(params, batch, model)
+  logits = teacher_forced(params, batch, model)
   weights = target_weights(batch)
   loss_sum, weight_sum = losses.label_smoothed_cross_entropy(logits, batch["targets"], weights,
                                                              label_smoothing)

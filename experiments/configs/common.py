@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
       # xla (reference) | jax (jax.nn.dot_product_attention) | blockwise | cudnn (GPU, bf16/fp16)
       attention_kernel="xla",
       attention_block_size=512,  # blockwise: query/key block size (memory O(N * block))
+      # xla kernel: Q K^T and the probabilities kept for the backward pass in compute (the
+      # compute dtype: halves them in bfloat16 runs; the softmax itself stays float32) | float32
+      attention_probs_dtype="compute",
+      logits_dtype="float32",  # vocabulary logits: float32 | bfloat16 (log-sum-exp in float32)
       remat_policy="none",  # none | full | dots | dots_no_batch: recompute activations
       scan_layers=False,  # nn.scan over identical layers (compile time independent of N)
       pad_id=0,  # padding (and decoder start) token id
@@ -87,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip_norm=0.0,  # global-norm clipping; 0 = off (the paper uses none)
       grad_accum_steps=1,  # optax.MultiSteps: batches per update
       label_smoothing=0.1,  # Sec. 5.4
+      # >1: the loss projects the vocabulary logits for L / loss_chunks target positions at a
+      # time (recomputed in the backward pass), so [B, L, N] logits never exist whole
+      loss_chunks=1,
       log_every_steps=100,  # console/JSONL/TensorBoard metrics
       eval_every_steps=1000,  # validation loss/perplexity
       eval_max_examples=2000,  # validation examples used during training

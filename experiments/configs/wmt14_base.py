@@ -3,7 +3,8 @@
 tfds `wmt14_translate/de-en` (train ~4.5M pairs; validation = newstest2013; test = newstest2014),
 a shared 37k BPE vocabulary, ~25k source + 25k target tokens per batch, 100k steps, Adam
 (0.9, 0.98, 1e-9) with the paper's warmup schedule, dropout 0.1, label smoothing 0.1, bfloat16
-compute with float32 parameters. `wmt14_base.py:gpu` is the NVIDIA GPU variant
+compute with float32 parameters, Q K^T / attention probabilities and the vocabulary logits in
+bfloat16 (their softmaxes in float32). `wmt14_base.py:gpu` is the NVIDIA GPU variant
 (`common.apply_gpu_variant`: cuDNN attention, local data).
 """
 
@@ -25,6 +26,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       max_len=512,  # longest evaluation source (256) + 50 decoding steps, with room
       dtype="bfloat16",
       param_dtype="float32",
+      # bfloat16 logits (log-sum-exp in float32): faster in the TPU cost model
+      # (benchmarks/results/tpu_compile/before_after.md)
+      logits_dtype="bfloat16",
   ))
   config.data.update(dict(
       dataset="wmt14_translate/de-en", data_dir="gs://YOUR_BUCKET/tensorflow_datasets",
