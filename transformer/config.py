@@ -56,9 +56,8 @@ class ModelConfig:
   attention_kernel: str = "xla"
   # The xla kernel's Q K^T product and stored probabilities: float32, or "compute" (the compute
   # dtype; the softmax itself is float32). Halves the [B, H, Q, S] matrices in bfloat16 runs;
-  # the same as float32 in float32 runs. Fused kernels never store them. (float32 here, for
-  # configs saved before the field existed; experiments/configs/common.py sets "compute".)
-  attention_probs_dtype: str = "float32"
+  # the same as float32 in float32 runs. Fused kernels never store them.
+  attention_probs_dtype: str = "compute"
   # Dtype of the vocabulary logits (the log-sum-exp is float32 either way).
   logits_dtype: str = "float32"
   # Query/key block size of the blockwise (memory-efficient) kernel.
