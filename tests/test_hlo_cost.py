@@ -57,8 +57,22 @@ def test_hand_written_program():
   # final copy reads and writes 2 MiB.
   assert hlo_cost.while_loops(HAND_WRITTEN) == [3]
   assert hlo_cost.hbm_bytes(HAND_WRITTEN) == 3 * (1 + 2 + 2) * MIB + 2 * 2 * MIB
-  assert hlo_cost.unmodeled_custom_calls(HAND_WRITTEN) == 3
-  assert hlo_cost.corrected_optimal_seconds(-2.99, HAND_WRITTEN) == pytest.approx(0.01)
+  # XLA charges the ConcatBitcast's -1 s once: it counts the loop body once.
+  assert hlo_cost.unmodeled_custom_calls(HAND_WRITTEN) == 1
+  assert hlo_cost.corrected_optimal_seconds(-0.99, HAND_WRITTEN) == pytest.approx(0.01)
+
+
+def test_an_in_place_update_moves_only_its_update():
+  program = """ENTRY %main (cache: f32[64,1024], row: f32[1,1024], i: s32[]) -> f32[64,1024] {
+  %cache = f32[64,1024]{1,0:T(8,128)} parameter(0)
+  %row = f32[1,1024]{1,0:T(1,128)} parameter(1)
+  %i = s32[]{:T(128)} parameter(2)
+  %zero = s32[]{:T(128)} constant(0)
+  ROOT %out = f32[64,1024]{1,0:T(8,128)} dynamic-update-slice(%cache, %row, %i, %zero)
+}
+"""
+  # Reads the 4 KiB row and writes it into the cache; the 256 KiB cache is not copied.
+  assert hlo_cost.hbm_bytes(program) == 2 * 4096
 
 
 def test_tiling_pads_the_minor_dimensions():

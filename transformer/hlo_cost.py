@@ -8,9 +8,9 @@
   instruction, whatever memory they live in, and counts each asynchronous prefetch several times
   (copy-start, its tuple, copy-done, the ConcatBitcast). `hbm_bytes` counts only arrays in HBM
   (layouts without a memory-space tag `S(n)`), each asynchronous copy or slice once, nothing for
-  bookkeeping instructions, and a fused operand that is only sliced (dynamic-slice, slice,
-  gather) by the slices' sizes. Other fusions are counted as reading their whole operands and
-  writing their whole outputs (an in-place dynamic-update-slice is overstated).
+  bookkeeping instructions, a fused operand that is only sliced (dynamic-slice, slice, gather)
+  by the slices' sizes, and an in-place dynamic-update-slice by its update. Other fusions are
+  counted as reading their whole operands and writing their whole outputs.
 - **Loops.** XLA's cost analysis counts a while loop's body once, whatever its trip count.
   `hbm_bytes` multiplies a body by its trip count (XLA's `known_trip_count`, or the constant
   bound of an `i < N` condition); `while_loops` lists the loops, so that a report can say that
@@ -183,6 +183,20 @@ def sliced_reads(fused: str, all_computations: dict[str, list[Instruction]]) -> 
   return reads
 
 
+def in_place_update(fused: str, all_computations: dict[str, list[Instruction]]
+                    ) -> tuple[int, int] | None:
+  """(parameter number, update bytes) when fused computation `fused` is an in-place
+  dynamic-update-slice of one of its parameters (its root), else None."""
+  instructions = {i.name: i for i in all_computations.get(fused, [])}
+  root = next((i for i in all_computations.get(fused, []) if i.op == "dynamic-update-slice"
+               and i.name == list(instructions)[-1]), None)
+  if root is None or instructions.get(root.operands[0], root).op != "parameter":
+    return None
+  update = instructions.get(root.operands[1])
+  return (int(instructions[root.operands[0]].arguments),
+          sum(array.nbytes for array in arrays(update.shape)) if update else 0)
+
+
 def hbm_bytes(hlo_text: str) -> int:
   """Bytes the program reads from and writes to HBM, per device (see the module docstring)."""
   all_computations = computations(hlo_text)[1]
@@ -199,10 +213,17 @@ def hbm_bytes(hlo_text: str) -> int:
     elif instruction.op == "slice-start":  # ((source), destination, context): reads the slice
       source = arrays(shapes.get(instruction.operands[0], ""))
       moved = output[-2].nbytes if output[-2].in_hbm or _hbm(source) else 0
+    elif instruction.op == "dynamic-update-slice":  # in place: reads and writes the update
+      update = arrays(shapes.get(instruction.operands[1], ""))
+      moved = _hbm(update) + (sum(u.nbytes for u in update) if _hbm(output) else 0)
     else:
       fused = _FUSED.search(instruction.rest) if instruction.op == "fusion" else None
       partial = sliced_reads(fused[1], all_computations) if fused else {}
+      updated = in_place_update(fused[1], all_computations) if fused else None
       moved = _hbm(output)
+      if updated is not None:
+        moved = min(moved, updated[1])
+        partial[updated[0]] = 0
       for number, name in enumerate(instruction.operands):
         whole = _hbm(arrays(shapes.get(name, "")))
         moved += min(whole, partial[number]) if whole and number in partial else whole
@@ -211,8 +232,9 @@ def hbm_bytes(hlo_text: str) -> int:
 
 
 def unmodeled_custom_calls(hlo_text: str) -> int:
-  """How many custom calls the program runs that XLA's TPU cost model charges -1 s each."""
-  return sum(times for instruction, times in executed(hlo_text)
+  """How many custom calls XLA's TPU cost model charged -1 s each: every one in the program
+  text once, inside a loop body too (XLA counts a body once)."""
+  return sum(1 for instruction, _ in executed(hlo_text)
              if instruction.op == "custom-call" and any(
                  f'custom_call_target="{target}"' in instruction.rest
                  for target in UNMODELED_CUSTOM_CALLS))
