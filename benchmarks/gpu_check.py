@@ -13,7 +13,9 @@ ml_collections; no TensorFlow. Sections, all in one JSON:
    (`flax_peer.py`, bfloat16) and PyTorch (`torch_peer.py`: bf16 autocast, fused Adam,
    `torch.compile`); rounds interleave the variants, the median round counts, min-max is kept;
    tokens/s, step time, MFU against the GPU's dense bf16 peak and against this run's measured
-   large bf16 matmul rate, memory (XLA's compiled allocation; torch's peak allocation);
+   large bf16 matmul rate, memory (XLA's compiled allocation; torch's peak allocation); at the
+   first size also the step's memory options (`step_options.py`), each against the step
+   without them;
 3. our base step under the two XLA flag sets of `transformer/gpus.py` (fresh processes: XLA reads
    its flags once);
 4. beam-4 decoding of a batch of 64 with the cache, sentences/s.
@@ -43,6 +45,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import flax_peer  # noqa: E402
+import step_options  # noqa: E402
 import train_speed  # noqa: E402
 from transformer import attention, config as model_configs, flops, inference, masks, steps  # noqa: E402
 from transformer.model import Transformer  # noqa: E402
@@ -136,12 +139,15 @@ def torch_runner(size: str, shape: dict[str, Any]) -> tuple[Callable[[int], floa
   return run, int(torch.cuda.max_memory_allocated())
 
 
-def our_runner(size: str, shape: dict[str, Any], gpu: bool, kernel: str, prng: str
+def our_runner(size: str, shape: dict[str, Any], gpu: bool, kernel: str, prng: str,
+               options: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
                ) -> tuple[Callable[[int], float], int, float]:
-  """(k -> seconds, compiled bytes, model FLOPs per step) of our train step."""
+  """(k -> seconds, compiled bytes, model FLOPs per step) of our train step; `options` are
+  (model, train) config changes (step_options.VARIANTS)."""
   config, setup, state, batch = train_speed.jax_setup(
       size, prng, batch_size=shape["rows"], length=shape["length"], vocab=shape["vocab"],
-      dtype="bfloat16" if gpu else "float32", attention_kernel=kernel)
+      train_overrides=options[1], dtype="bfloat16" if gpu else "float32",
+      attention_kernel=kernel, **options[0])
   compiled = steps.compiled_train_step(setup, config).lower(state, batch).compile()
   analysis = compiled.memory_analysis()
   return (train_speed.timed_runner(lambda s: compiled(s, batch), state),
@@ -158,6 +164,10 @@ def runners(size: str, shape: dict[str, Any], gpu: bool) -> tuple[dict, dict, fl
   for kernel, prng in variants:
     name = f"ours_{kernel}_{prng}"
     found[name], memory[name], model_flops = our_runner(size, shape, gpu, kernel, prng)
+  if size == shape["sizes"][0]:  # issue #60's memory options, each against the step without
+    for option, changes in step_options.VARIANTS.items():
+      name = f"ours_xla_threefry2x32 {option}"
+      found[name], memory[name], _ = our_runner(size, shape, gpu, "xla", "threefry2x32", changes)
   source, target = train_speed.random_pair(shape["rows"], shape["length"], shape["vocab"])
   step, state = flax_peer.make_step(shape["vocab"], *train_speed.SIZES[size], source, target,
                                     dtype=jnp.bfloat16 if gpu else jnp.float32)
