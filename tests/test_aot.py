@@ -206,3 +206,24 @@ def test_second_start_loads_the_train_step_from_the_compilation_cache(tmp_path):
   second = run_main(*common, "--config.train.num_steps=4")
   assert second.returncode == 0, second.stderr[-3000:]
   assert "loaded the compiled train step from the persistent compilation cache" in second.stdout
+
+
+def test_tpu_variables_are_set_only_around_a_tpu_compile():
+  """Importing the package sets no TPU_* variable beyond what importing jax itself sets; a TPU
+  compile sets ours for libtpu's start-up and restores the environment afterwards."""
+  code = ("import os\n"
+          "tpu = lambda: sorted(k for k in os.environ if k.startswith(('TPU_', 'ALLOW_MULT')))\n"
+          "import jax\n"
+          "after_jax = tpu()\n"
+          "import transformer\n"
+          "from transformer import aot, tpu_slices\n"
+          "after_import = tpu()\n"
+          "aot.prepare_off_device_compilation()\n"
+          "devices = aot.slice_devices(tpu_slices.get_slice('v5litepod-4'))\n"
+          "print(after_jax == after_import == tpu(), 'TPU_ACCELERATOR_TYPE' in tpu(), "
+          "len(devices))\n")
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("TPU_", "ALLOW_MULTIPLE"))}
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == "True False 4"

@@ -13,20 +13,21 @@ for NVIDIA GPUs through the CUDA plugin: memory per GPU is exact, FLOPs come fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from etils import epath
 
-from transformer import (flops, gpus, hlo_cost, inference, sharding, steps, tpu_slices,
-                         training)
+from transformer import (flops, gpus, hlo_cost, inference, quiet_start, sharding, steps,
+                         tpu_slices, training)
 from transformer.tpu_slices import GIB, Slice
 
 MODELED = ("XLA TPU cost model (optimal_seconds, corrected for unmodeled custom calls), "
@@ -47,6 +48,33 @@ def prepare_off_device_compilation() -> None:
   jax.config.update("jax_platforms", "cpu")
 
 
+# What libtpu reads at start-up on a machine without TPU chips: no metadata-server query, a
+# nominal local slice (the topology to compile for is passed to it explicitly).
+OFF_TPU_ENVIRONMENT = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v4-8",
+                       "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0",
+                       "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+
+
+@contextlib.contextmanager
+def tpu_compile_environment() -> Iterator[None]:
+  """Sets `OFF_TPU_ENVIRONMENT` (values already set win) where there are no TPU chips, for
+  libtpu's start-up, and restores the environment afterwards."""
+  if quiet_start.has_tpu():
+    yield
+    return
+  saved = {key: os.environ.get(key) for key in OFF_TPU_ENVIRONMENT}
+  for key, value in OFF_TPU_ENVIRONMENT.items():
+    os.environ.setdefault(key, value)
+  try:
+    yield
+  finally:
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value
+
+
 def slice_devices(slice_: Slice, num_slices: int = 1) -> list[Any]:
   """The devices of a TPU slice (or `num_slices` slices), described without a TPU."""
   from jax.experimental import topologies  # noqa: PLC0415  (needs libtpu only here)
@@ -60,8 +88,9 @@ def slice_devices(slice_: Slice, num_slices: int = 1) -> list[Any]:
   if slice_.chips_per_host_bounds:
     options["chips_per_host_bounds"] = slice_.chips_per_host_bounds
   try:
-    topology = topologies.get_topology_desc(platform="tpu", topology_name=slice_.topology_name,
-                                            **options)
+    with tpu_compile_environment():
+      topology = topologies.get_topology_desc(platform="tpu",
+                                              topology_name=slice_.topology_name, **options)
   except Exception as error:  # jaxlib raises XlaRuntimeError/RuntimeError without a public type
     raise ValueError(f"--topology={slice_.accelerator_type}: libtpu cannot describe "
                      f"{slice_.topology_name}: {str(error).splitlines()[0]}") from None
