@@ -1,4 +1,4 @@
-"""Cloud TPU VM launcher: a small CLI over `gcloud`, with absl flags like the trainer.
+r"""Cloud TPU VM launcher: a small CLI over `gcloud`, with absl flags like the trainer.
 
     python -m launch.tpu create  --name=mt --zone=us-central2-b --accelerator_type=v4-8 --provisioning=spot
     python -m launch.tpu setup   --name=mt --zone=us-central2-b --accelerator_type=v4-8
@@ -23,6 +23,7 @@ from launch import vm as vm_lib
 from launch.vm import Gcloud, LaunchError, TpuVm
 
 COMMANDS = ("create", "setup", "run", "logs", "status", "stop", "delete", "watch", "sweep")
+HELP_FLAGS = ("--help", "-h", "-help", "--helpfull", "--helpshort", "-?")
 num_hosts = vm_lib.num_hosts
 
 
@@ -78,10 +79,19 @@ def load_defaults(path: str | None) -> dict[str, Any]:
     raise LaunchError(f"--launch_config: cannot read {path}: {error}") from None
 
 
+def usage(values: flags.FlagValues) -> str:
+  """`--help`: the commands (this module's docstring) and every flag with its help text."""
+  return f"{__doc__.strip()}\n\nCommands: {', '.join(COMMANDS)}\n\nFlags:\n{values.get_help()}"
+
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-  """COMMAND plus flags (defaults from `--launch_config`) -> options."""
+  """COMMAND plus flags (defaults from `--launch_config`) -> options; `--help` prints the
+  usage and exits 0."""
   values = flags.FlagValues()
   define_flags(values)
+  if any(arg in HELP_FLAGS for arg in argv):
+    print(usage(values))
+    raise SystemExit(0)
   prefix = "--launch_config="
   config_path = next((arg[len(prefix):] for arg in argv if arg.startswith(prefix)), None)
   for key, value in load_defaults(config_path).items():

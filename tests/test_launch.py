@@ -244,3 +244,15 @@ def test_cli_entry_point_and_launch_config(fake_gcloud):
                           capture_output=True, text=True, env=dict(os.environ))
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == "READY"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--helpfull"], ["create", "--help"]])
+def test_help_lists_the_commands_and_every_flag(args):
+  result = subprocess.run([sys.executable, "-m", "launch.tpu", *args], cwd=REPO,
+                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "Commands: create, setup, run, logs, status, stop, delete, watch, sweep" in result.stdout
+  for flag, text in (("--accelerator_type", "v4-8, v4-32"), ("--dry_run", "gcloud commands"),
+                     ("--num_vms", "VMs used in parallel")):
+    assert flag in result.stdout and text in result.stdout
+  assert result.stderr == ""
