@@ -147,36 +147,34 @@ def gb(value: float) -> str:
   return f"{value / 1e9:.1f} GB"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-  """The markdown cost table."""
-  lines = ["| model | slice | chips | layout | HBM/chip | HBM traffic/chip | step (ms) | "
-           "bound (ms) | tokens/s | MFU | steps | hours | on demand | spot |",
-           "|" + "---|" * 14]
-  for r in rows:
-    train = r["train"]
-    lines.append(
-        f"| {r['model']} | {r['accelerator_type']} | {r['chips']} | {r['layout']} | "
-        f"{train['hbm_bytes_per_device'] / 2**30:.1f} GiB | "
-        f"{gb(train['hbm_traffic_bytes_per_device'])} | "
-        f"{r['modeled_step_seconds'] * 1e3:.1f} | {train['roofline_seconds'] * 1e3:.1f} | "
-        f"{r['modeled_tokens_per_second']:,.0f} | {r['modeled_mfu']:.1%} | "
-        f"{r['num_steps'] // 1000}k | {r['modeled_train_hours']:.1f} | "
-        f"${r['modeled_cost_usd_on_demand']:,.0f} | ${r['modeled_cost_usd_spot']:,.0f} |")
-  return "\n".join(lines)
+Column = tuple[str, Callable[[dict[str, Any]], str]]
+TABLE_COLUMNS: list[Column] = [
+    ("model", lambda r: r["model"]), ("slice", lambda r: r["accelerator_type"]),
+    ("chips", lambda r: str(r["chips"])), ("layout", lambda r: r["layout"]),
+    ("HBM/chip", lambda r: f"{r['train']['hbm_bytes_per_device'] / 2**30:.1f} GiB"),
+    ("HBM traffic/chip", lambda r: gb(r["train"]["hbm_traffic_bytes_per_device"])),
+    ("step (ms)", lambda r: f"{r['modeled_step_seconds'] * 1e3:.1f}"),
+    ("bound (ms)", lambda r: f"{r['train']['roofline_seconds'] * 1e3:.1f}"),
+    ("tokens/s", lambda r: f"{r['modeled_tokens_per_second']:,.0f}"),
+    ("MFU", lambda r: f"{r['modeled_mfu']:.1%}"), ("steps", lambda r: f"{r['num_steps'] // 1000}k"),
+    ("hours", lambda r: f"{r['modeled_train_hours']:.1f}"),
+    ("on demand", lambda r: f"${r['modeled_cost_usd_on_demand']:,.0f}"),
+    ("spot", lambda r: f"${r['modeled_cost_usd_spot']:,.0f}")]
+BEFORE_AFTER_COLUMNS: list[Column] = [
+    ("model", lambda r: r["model"]), ("slice", lambda r: r["accelerator_type"]),
+    ("layout", lambda r: r["layout"]), ("variant", lambda r: r["variant"]),
+    ("HBM/chip", lambda r: f"{r['train']['hbm_bytes_per_device'] / 2**30:.2f} GiB"),
+    ("HBM traffic/chip", lambda r: gb(r["train"]["hbm_traffic_bytes_per_device"])),
+    ("XLA bytes/chip", lambda r: gb(r["train"]["xla_bytes_accessed_per_device"])),
+    ("step (ms)", lambda r: f"{r['train']['modeled_step_seconds'] * 1e3:.1f}"),
+    ("MFU", lambda r: f"{r['modeled_mfu']:.1%}")]
 
 
-def before_after_table(rows: list[dict[str, Any]]) -> str:
-  """Per model and slice: each option's train step against the step without the options."""
-  lines = ["| model | slice | layout | variant | HBM/chip | HBM traffic/chip | "
-           "XLA bytes/chip | step (ms) | MFU |", "|" + "---|" * 9]
-  for r in rows:
-    train = r["train"]
-    lines.append(
-        f"| {r['model']} | {r['accelerator_type']} | {r['layout']} | {r['variant']} | "
-        f"{train['hbm_bytes_per_device'] / 2**30:.2f} GiB | "
-        f"{gb(train['hbm_traffic_bytes_per_device'])} | "
-        f"{gb(train['xla_bytes_accessed_per_device'])} | "
-        f"{train['modeled_step_seconds'] * 1e3:.1f} | {r['modeled_mfu']:.1%} |")
+def markdown(columns: list[Column], rows: list[dict[str, Any]]) -> str:
+  """A markdown table: one column per (header, cell function)."""
+  lines = ["| " + " | ".join(header for header, _ in columns) + " |",
+           "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
   return "\n".join(lines)
 
 
@@ -228,11 +226,11 @@ def main() -> None:
         path = os.path.join(OUTPUT, f"{model}_{accelerator}_{layout}_{slug}.train.json")
         result = cached(path, lambda: train_only(model, layout, accelerator, changes))
         rows.append({**result, "variant": variant})
-        print(before_after_table(rows[-1:]).splitlines()[-1], flush=True)
+        print(markdown(BEFORE_AFTER_COLUMNS, rows[-1:]).splitlines()[-1], flush=True)
   if args.command == "table":
-    write("table.md", table(rows) + footer(rows))
+    write("table.md", markdown(TABLE_COLUMNS, rows) + footer(rows))
   else:
-    write("before_after.md", before_after_table(rows) + footer(rows))
+    write("before_after.md", markdown(BEFORE_AFTER_COLUMNS, rows) + footer(rows))
 
 
 if __name__ == "__main__":
