@@ -366,9 +366,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"({report['modeled']}; MFU = model FLOPs / time / bf16 peak; {report['prices']})",
     ]
     for step in ("train", "decode"):
-      if report[step]["while_loops"]:
-        lines.append(f"(the {step} step runs {len(report[step]['while_loops'])} loop(s); XLA "
-                     "counts a loop body once, so its FLOPs and time for this step are too low)")
+      trips = ", ".join(str(n or "unknown") for n in report[step]["while_loops"])
+      if trips:
+        lines.append(f"(the {step} step is a loop of {trips} iterations at most: its HBM traffic "
+                     "and bound count every iteration, XLA's FLOPs and time count one)")
   return "\n".join(lines)
 
 
