@@ -28,10 +28,11 @@ import sys
 import time
 from typing import Any, Callable
 
-import jax
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import transformer  # noqa: E402, F401  (first: a quiet JAX start-up with the CUDA plugin installed)
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from experiments.configs import common  # noqa: E402
 from transformer import flops, sharding, steps, training  # noqa: E402
