@@ -16,7 +16,8 @@ read back from the output directory.
     python benchmarks/tpu_cost_table.py check
 
 `before-after` compiles the train step with each of the step's memory options alone and all
-of them, against the step without them, at the table row's layout.
+of them, against the step without them, at the table row's layout, and draws
+`before_after.png` beside its table.
 """
 
 from __future__ import annotations
@@ -178,6 +179,29 @@ def markdown(columns: list[Column], rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def plot_before_after(rows: list[dict[str, Any]], path: str) -> None:
+  """Modeled step time and memory per variant, one panel pair per model and slice."""
+  import matplotlib  # noqa: PLC0415  (only this command draws)
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  groups = sorted({(r["model"], r["accelerator_type"]) for r in rows})
+  figure, axes = plt.subplots(len(groups), 2, figsize=(11, 3.2 * len(groups)), squeeze=False)
+  for (model, accelerator), (time_axis, memory_axis) in zip(groups, axes):
+    chosen = [r for r in rows if (r["model"], r["accelerator_type"]) == (model, accelerator)]
+    names = [r["variant"] for r in chosen]
+    time_axis.barh(names, [r["train"]["modeled_step_seconds"] * 1e3 for r in chosen])
+    time_axis.set_xlabel("modeled train step (ms)")
+    memory_axis.barh(names, [r["train"]["hbm_bytes_per_device"] / 2**30 for r in chosen])
+    memory_axis.set_xlabel("memory per chip (GiB)")
+    memory_axis.set_yticklabels([])
+    time_axis.set_title(f"{model} on {accelerator} ({chosen[0]['layout']})", loc="left")
+  figure.suptitle("Step options, XLA TPU cost model (corrected), not measured", fontsize=10)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  print(f"written: {path}")
+
+
 def footer(rows: list[dict[str, Any]]) -> str:
   """What the figures are and where they came from."""
   first = rows[0]
@@ -231,6 +255,7 @@ def main() -> None:
     write("table.md", markdown(TABLE_COLUMNS, rows) + footer(rows))
   else:
     write("before_after.md", markdown(BEFORE_AFTER_COLUMNS, rows) + footer(rows))
+    plot_before_after(rows, os.path.join(OUTPUT, "before_after.png"))
 
 
 if __name__ == "__main__":
