@@ -13,6 +13,7 @@ read back from the output directory.
     python benchmarks/tpu_cost_table.py table [--slices v4-8,v5litepod-8,v5p-8] [--models base,big]
         [--layouts dp,dp+remat]
     python benchmarks/tpu_cost_table.py before-after [--slices v4-8] [--models base,big]
+        [--name before_after]
     python benchmarks/tpu_cost_table.py check
 
 `before-after` compiles the train step with each of the step's memory options alone and all
@@ -225,6 +226,8 @@ def main() -> None:
   parser.add_argument("command", choices=("table", "before-after", "check"))
   parser.add_argument("--slices", default="v4-8,v5litepod-8,v5p-8")
   parser.add_argument("--models", default="base,big")
+  parser.add_argument("--name", default="before_after",
+                      help="before-after: the table's and the plot's file name (no extension)")
   parser.add_argument("--layouts", default="dp,dp+remat",
                       help=f"candidate layouts to compile, of {', '.join(LAYOUTS)}")
   args = parser.parse_args()
@@ -254,8 +257,8 @@ def main() -> None:
   if args.command == "table":
     write("table.md", markdown(TABLE_COLUMNS, rows) + footer(rows))
   else:
-    write("before_after.md", markdown(BEFORE_AFTER_COLUMNS, rows) + footer(rows))
-    plot_before_after(rows, os.path.join(OUTPUT, "before_after.png"))
+    write(f"{args.name}.md", markdown(BEFORE_AFTER_COLUMNS, rows) + footer(rows))
+    plot_before_after(rows, os.path.join(OUTPUT, f"{args.name}.png"))
 
 
 if __name__ == "__main__":
