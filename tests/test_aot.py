@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import aot, flops, sharding, steps, tpu_slices
+from transformer import aot, flops, hlo_cost, sharding, steps, tpu_slices
 from transformer.config import ModelConfig
 from transformer.model import Transformer
 
@@ -144,9 +144,10 @@ def test_a_step_without_an_estimate_is_a_one_line_error():
   with pytest.raises(ValueError, match=r"XLA's cost model gave -3 s for this step, -2 s after "
                                        r"correcting for unmodeled custom calls: no estimate "
                                        r"\(custom calls: ConcatBitcast; "):
-    aot.modeled_seconds(-3.0, 'ENTRY %main () -> f32[2] {\n'
-                              '  %c = f32[2]{0} custom-call(), custom_call_target="ConcatBitcast"\n'
-                              '}\n')
+    aot.modeled_seconds(-3.0, hlo_cost.parse(
+        'ENTRY %main () -> f32[2] {\n'
+        '  %c = f32[2]{0} custom-call(), custom_call_target="ConcatBitcast"\n'
+        '}\n'))
 
 
 def run_main(*args, devices=1):

@@ -55,11 +55,12 @@ def test_hand_written_program():
   # Per iteration: the prefetch reads 1 MiB once; the fusion reads x (2 MiB) and writes y
   # (2 MiB); the ConcatBitcast and the prefetched operand stay in alternate memory. Then the
   # final copy reads and writes 2 MiB.
-  assert hlo_cost.while_loops(HAND_WRITTEN) == [3]
-  assert hlo_cost.hbm_bytes(HAND_WRITTEN) == 3 * (1 + 2 + 2) * MIB + 2 * 2 * MIB
+  program = hlo_cost.parse(HAND_WRITTEN)
+  assert hlo_cost.while_loops(program) == [3]
+  assert hlo_cost.hbm_bytes(program) == 3 * (1 + 2 + 2) * MIB + 2 * 2 * MIB
   # XLA charges the ConcatBitcast's -1 s once: it counts the loop body once.
-  assert hlo_cost.unmodeled_custom_calls(HAND_WRITTEN) == 1
-  assert hlo_cost.corrected_optimal_seconds(-0.99, HAND_WRITTEN) == pytest.approx(0.01)
+  assert hlo_cost.unmodeled_custom_calls(program) == 1
+  assert hlo_cost.corrected_optimal_seconds(-0.99, program) == pytest.approx(0.01)
 
 
 def test_an_in_place_update_moves_only_its_update():
@@ -72,7 +73,7 @@ def test_an_in_place_update_moves_only_its_update():
 }
 """
   # Reads the 4 KiB row and writes it into the cache; the 256 KiB cache is not copied.
-  assert hlo_cost.hbm_bytes(program) == 2 * 4096
+  assert hlo_cost.hbm_bytes(hlo_cost.parse(program)) == 2 * 4096
 
 
 def test_tiling_pads_the_minor_dimensions():
@@ -89,7 +90,7 @@ def _compile_for_v4(function, *shapes):
                                                            sharding=SingleDeviceSharding(device)),
                             shape) for shape in shapes]
   compiled = jax.jit(function).lower(*arguments).compile()
-  return compiled, compiled.cost_analysis(), compiled.as_text()
+  return compiled, compiled.cost_analysis(), hlo_cost.parse(compiled.as_text())
 
 
 def matmul_chain(layers):
@@ -105,11 +106,11 @@ def test_compiled_chain_traffic_is_inputs_and_outputs_only():
   """Eight tanh(x @ w) layers compiled for a TPU v4: intermediates stay on chip, so HBM traffic
   is the input (2 MiB), eight weights (1 MiB each) and the output (2 MiB), once each. XLA's own
   count is far higher (every prefetch several times, alternate memory included)."""
-  compiled, cost, text = matmul_chain(8)
-  assert hlo_cost.hbm_bytes(text) == (2 + 8 + 2) * MIB
-  assert cost["bytes accessed"] > 2 * hlo_cost.hbm_bytes(text)
+  compiled, cost, program = matmul_chain(8)
+  assert hlo_cost.hbm_bytes(program) == (2 + 8 + 2) * MIB
+  assert cost["bytes accessed"] > 2 * hlo_cost.hbm_bytes(program)
   chip = tpu_slices.CHIPS["v4"]
-  seconds = hlo_cost.corrected_optimal_seconds(cost["optimal_seconds"], text)
+  seconds = hlo_cost.corrected_optimal_seconds(cost["optimal_seconds"], program)
   assert cost["optimal_seconds"] < 0 < seconds < 1e-3
   assert seconds >= aot.roofline_seconds(2 * 1024 * 512 * 512 * 8, 12 * MIB, chip)
 
@@ -119,9 +120,9 @@ def test_corrected_time_grows_with_the_work():
   layers would be off by whole seconds, not in the ratio of their work."""
   times = {}
   for layers in (8, 16):
-    _, cost, text = matmul_chain(layers)
-    assert hlo_cost.unmodeled_custom_calls(text) > 0
-    times[layers] = hlo_cost.corrected_optimal_seconds(cost["optimal_seconds"], text)
+    _, cost, program = matmul_chain(layers)
+    assert hlo_cost.unmodeled_custom_calls(program) > 0
+    times[layers] = hlo_cost.corrected_optimal_seconds(cost["optimal_seconds"], program)
   assert 1.5 <= times[16] / times[8] <= 2.5
 
 
@@ -136,10 +137,10 @@ def test_xla_counts_a_loop_body_once_and_hbm_bytes_counts_every_trip():
 
   shapes = (jax.ShapeDtypeStruct((2048, 2048), jnp.bfloat16),
             jax.ShapeDtypeStruct((8, 2048, 2048), jnp.bfloat16))
-  _, unrolled_cost, unrolled_text = _compile_for_v4(unrolled, *shapes)
-  _, looped_cost, looped_text = _compile_for_v4(looped, *shapes)
+  _, unrolled_cost, unrolled_program = _compile_for_v4(unrolled, *shapes)
+  _, looped_cost, looped_program = _compile_for_v4(looped, *shapes)
   assert looped_cost["flops"] == pytest.approx(unrolled_cost["flops"] / 8, rel=0.01)
-  assert hlo_cost.while_loops(looped_text) == [8] and hlo_cost.while_loops(unrolled_text) == []
+  assert hlo_cost.while_loops(looped_program) == [8] and hlo_cost.while_loops(unrolled_program) == []
   # x in and out (8 MiB each) and each iteration's 8 MiB slice of w, read once (plus a few
   # bytes of the loop counter).
-  assert hlo_cost.hbm_bytes(looped_text) == pytest.approx((8 + 8 + 8 * 8) * MIB, abs=1024)
+  assert hlo_cost.hbm_bytes(looped_program) == pytest.approx((8 + 8 + 8 * 8) * MIB, abs=1024)

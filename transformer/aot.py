@@ -111,14 +111,14 @@ def _cost(compiled: Any) -> dict[str, float]:
                                                      "optimal_seconds")}
 
 
-def modeled_seconds(optimal_seconds: float, hlo_text: str) -> float:
+def modeled_seconds(optimal_seconds: float, program: hlo_cost.Program) -> float:
   """The one step-time model: XLA's `optimal_seconds` with the -1 s of every unmodeled custom
   call added back (`hlo_cost.corrected_optimal_seconds`)."""
-  seconds = hlo_cost.corrected_optimal_seconds(optimal_seconds, hlo_text)
+  seconds = hlo_cost.corrected_optimal_seconds(optimal_seconds, program)
   if seconds <= 0:
     raise ValueError(f"XLA's cost model gave {optimal_seconds:.4g} s for this step, "
                      f"{seconds:.4g} s after correcting for unmodeled custom calls: no estimate "
-                     f"(custom calls: {', '.join(hlo_cost.custom_call_targets(hlo_text))}; "
+                     f"(custom calls: {', '.join(hlo_cost.custom_call_targets(program))}; "
                      "transformer/hlo_cost.py lists the unmodeled ones)")
   return seconds
 
@@ -166,17 +166,17 @@ def _step_report(compiled: Any, num_devices: int, chip: tpu_slices.Chip | gpus.G
     report.update(hbm_capacity_bytes=chip.usable_bytes,
                   fits=report["hbm_bytes_per_device"] <= chip.usable_bytes)
   elif chip is not None:
-    text = compiled.as_text()
-    traffic = hlo_cost.hbm_bytes(text)
+    program = hlo_cost.parse(compiled.as_text())
+    traffic = hlo_cost.hbm_bytes(program)
     report.update(hbm_capacity_bytes=chip.hbm_bytes,
                   fits=report["hbm_bytes_per_device"] <= chip.hbm_bytes,
                   hbm_traffic_bytes_per_device=traffic,
                   xla_bytes_accessed_per_device=cost["bytes accessed"],
                   xla_optimal_seconds=cost["optimal_seconds"],
-                  unmodeled_custom_calls=hlo_cost.unmodeled_custom_calls(text),
+                  unmodeled_custom_calls=hlo_cost.unmodeled_custom_calls(program),
                   # XLA counts each loop body once: its FLOPs and time undercount these.
-                  while_loops=hlo_cost.while_loops(text),
-                  modeled_step_seconds=modeled_seconds(cost["optimal_seconds"], text),
+                  while_loops=hlo_cost.while_loops(program),
+                  modeled_step_seconds=modeled_seconds(cost["optimal_seconds"], program),
                   roofline_seconds=roofline_seconds(cost["flops"], traffic, chip))
   return report
 

@@ -94,9 +94,12 @@ class Instruction:
   rest: str
 
 
-def computations(hlo_text: str) -> tuple[str, dict[str, list[Instruction]]]:
+Computations = dict[str, list[Instruction]]
+
+
+def computations(hlo_text: str) -> tuple[str, Computations]:
   """The entry computation's name and every computation's instructions."""
-  found: dict[str, list[Instruction]] = {}
+  found: Computations = {}
   entry, current = "", None
   for line in hlo_text.splitlines():
     header = _COMPUTATION.match(line)
@@ -112,7 +115,22 @@ def computations(hlo_text: str) -> tuple[str, dict[str, list[Instruction]]]:
   return entry, found
 
 
-def trip_count(loop: Instruction, all_computations: dict[str, list[Instruction]]) -> int | None:
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """A compiled program's HLO, parsed once: every computation, and the instructions it runs at
+  top level with how many times (`executed`)."""
+
+  computations: Computations
+  executed: list[tuple[Instruction, int]]
+
+
+def parse(hlo_text: str) -> Program:
+  """Parses `compiled.as_text()` for the functions below."""
+  entry, all_computations = computations(hlo_text)
+  return Program(all_computations, _executed(entry, all_computations))
+
+
+def trip_count(loop: Instruction, all_computations: Computations) -> int | None:
   """A while loop's trip count: XLA's `known_trip_count`, else N of an `i < N` condition
   (a loop counter from 0, as `lax.fori_loop` and `lax.scan` lower), else None."""
   known = _TRIP_COUNT.search(loop.rest)
@@ -127,11 +145,10 @@ def trip_count(loop: Instruction, all_computations: dict[str, list[Instruction]]
   return None
 
 
-def executed(hlo_text: str) -> list[tuple[Instruction, int]]:
+def _executed(entry: str, all_computations: Computations) -> list[tuple[Instruction, int]]:
   """Instructions the program runs at top level (not inside fusions) and how many times:
   the entry computation and, recursively, while bodies (times their trip count; once if it is
   unknown), calls and conditional branches (once each, an upper bound)."""
-  entry, all_computations = computations(hlo_text)
   result: list[tuple[Instruction, int]] = []
   pending = [(entry, 1)]
   while pending:
@@ -148,14 +165,13 @@ def executed(hlo_text: str) -> list[tuple[Instruction, int]]:
   return result
 
 
-def while_loops(hlo_text: str) -> list[int | None]:
+def while_loops(program: Program) -> list[int | None]:
   """The trip count (None: unknown) of every while loop the program runs."""
-  all_computations = computations(hlo_text)[1]
-  return [trip_count(instruction, all_computations)
-          for instruction, _ in executed(hlo_text) if instruction.op == "while"]
+  return [trip_count(instruction, program.computations)
+          for instruction, _ in program.executed if instruction.op == "while"]
 
 
-def sliced_reads(fused: str, all_computations: dict[str, list[Instruction]]) -> dict[int, int]:
+def sliced_reads(fused: str, all_computations: Computations) -> dict[int, int]:
   """Parameter number -> bytes read, for the parameters of fused computation `fused` that are
   only sliced (by dynamic-slice, slice or gather, or by a nested fusion that only slices them):
   the slices' sizes."""
@@ -183,28 +199,28 @@ def sliced_reads(fused: str, all_computations: dict[str, list[Instruction]]) -> 
   return reads
 
 
-def in_place_update(fused: str, all_computations: dict[str, list[Instruction]]
-                    ) -> tuple[int, int] | None:
+def in_place_update(fused: str, all_computations: Computations) -> tuple[int, int] | None:
   """(parameter number, update bytes) when fused computation `fused` is an in-place
   dynamic-update-slice of one of its parameters (its root), else None."""
-  instructions = {i.name: i for i in all_computations.get(fused, [])}
-  root = next((i for i in all_computations.get(fused, []) if i.op == "dynamic-update-slice"
-               and i.name == list(instructions)[-1]), None)
-  if root is None or instructions.get(root.operands[0], root).op != "parameter":
+  body = all_computations.get(fused, [])
+  root = body[-1] if body else None  # HLO text prints the ROOT instruction last
+  instructions = {i.name: i for i in body}
+  if (root is None or root.op != "dynamic-update-slice"
+      or instructions.get(root.operands[0], root).op != "parameter"):
     return None
   update = instructions.get(root.operands[1])
   return (int(instructions[root.operands[0]].arguments),
           sum(array.nbytes for array in arrays(update.shape)) if update else 0)
 
 
-def hbm_bytes(hlo_text: str) -> int:
+def hbm_bytes(program: Program) -> int:
   """Bytes the program reads from and writes to HBM, per device (see the module docstring)."""
-  all_computations = computations(hlo_text)[1]
+  all_computations = program.computations
   shapes: dict[str, str] = {}
   for instructions in all_computations.values():
     shapes.update((instruction.name, instruction.shape) for instruction in instructions)
   total = 0
-  for instruction, times in executed(hlo_text):
+  for instruction, times in program.executed:
     if instruction.op in _NO_TRAFFIC:
       continue
     output = arrays(instruction.shape)
@@ -231,20 +247,22 @@ def hbm_bytes(hlo_text: str) -> int:
   return total
 
 
-def unmodeled_custom_calls(hlo_text: str) -> int:
+def unmodeled_custom_calls(program: Program) -> int:
   """How many custom calls XLA's TPU cost model charged -1 s each: every one in the program
   text once, inside a loop body too (XLA counts a body once)."""
-  return sum(1 for instruction, _ in executed(hlo_text)
+  return sum(1 for instruction, _ in program.executed
              if instruction.op == "custom-call" and any(
                  f'custom_call_target="{target}"' in instruction.rest
                  for target in UNMODELED_CUSTOM_CALLS))
 
 
-def custom_call_targets(hlo_text: str) -> list[str]:
+def custom_call_targets(program: Program) -> list[str]:
   """The distinct custom-call targets of the program."""
-  return sorted(set(re.findall(r'custom_call_target="([^"]+)"', hlo_text)))
+  return sorted({target for instructions in program.computations.values()
+                 for instruction in instructions if instruction.op == "custom-call"
+                 for target in re.findall(r'custom_call_target="([^"]+)"', instruction.rest)})
 
 
-def corrected_optimal_seconds(optimal_seconds: float, hlo_text: str) -> float:
+def corrected_optimal_seconds(optimal_seconds: float, program: Program) -> float:
   """XLA's step estimate with the -1 s of each unmodeled custom call added back."""
-  return optimal_seconds + unmodeled_custom_calls(hlo_text)
+  return optimal_seconds + unmodeled_custom_calls(program)
