@@ -61,12 +61,9 @@ def reference_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray
     (in `probs_dtype`).
   """
   scale = 1.0 / jnp.sqrt(jnp.float32(query.shape[-1]))
-  if jnp.dtype(probs_dtype) == jnp.float32:
-    logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=jnp.float32)
-    logits = logits * scale
-  else:  # the product (what remat policies save) in probs_dtype; the softmax in float32
-    logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=probs_dtype)
-    logits = logits.astype(jnp.float32) * scale
+  # The product (what remat policies save) in probs_dtype; the scaling and softmax in float32.
+  logits = jnp.einsum("bqhk,bshk->bhqs", query, key, preferred_element_type=probs_dtype)
+  logits = logits.astype(jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask, logits, _MASKED_LOGIT)
   if jnp.dtype(probs_dtype) == jnp.float32:
