@@ -82,11 +82,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("adam_b1", "adam_b2", "label_smoothing"):
     if not 0.0 <= train[name] < 1.0:
       raise ValueError(f"config.train.{name} must be in [0, 1), got {train[name]}")
-  if not isinstance(train.get("loss_chunks", 1), int) or train.get("loss_chunks", 1) <= 0:
-    raise ValueError(f"config.train.loss_chunks must be a positive integer, got "
-                     f"{train.get('loss_chunks')!r}")
-  if config.data.packed_length % train.get("loss_chunks", 1):
-    raise ValueError(f"config.train.loss_chunks={train.loss_chunks} must divide "
+  chunks = train.get("loss_chunks", 1)
+  if not isinstance(chunks, int) or chunks <= 0:
+    raise ValueError(f"config.train.loss_chunks must be a positive integer, got {chunks!r}")
+  if config.data.packed_length % chunks:
+    raise ValueError(f"config.train.loss_chunks={chunks} must divide "
                      f"config.data.packed_length={config.data.packed_length}")
   if prng_impl(config) not in training.PRNG_IMPLS:
     raise ValueError(f"config.train.prng_impl must be one of {', '.join(training.PRNG_IMPLS)}, "
