@@ -59,6 +59,50 @@ def test_chunked_loss_equals_the_definition_and_the_whole_loss(chunks):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def definition_loss(logits, targets, weights, smoothing):
+  """Smoothed cross entropy from its definition, through autodiff's log-softmax (a reference
+  for the fused loss's value and its hand-written gradient)."""
+  vocab = logits.shape[-1]
+  soft = jnp.where(jnp.arange(vocab) == targets[..., None], 1 - smoothing,
+                   smoothing / (vocab - 1))
+  entropy = -jnp.sum(soft * jnp.log(soft), -1)
+  cross = -jnp.sum(soft * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
+  return jnp.sum((cross - entropy) * weights)
+
+
+def test_fused_loss_gradient_is_softmax_minus_smoothed_targets():
+  rng = np.random.RandomState(3)
+  logits = jnp.asarray(rng.randn(3, 5, 41) * 4, jnp.float32)
+  targets = jnp.asarray(rng.randint(0, 41, (3, 5)))
+  weights = jnp.asarray(rng.rand(3, 5) > 0.3, jnp.float32)
+  fused = lambda x: losses.label_smoothed_cross_entropy(x, targets, weights, 0.1)[0]
+  reference = lambda x: definition_loss(x, targets, weights, 0.1)
+  np.testing.assert_allclose(fused(logits), reference(logits), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(fused)(logits), jax.grad(reference)(logits), atol=1e-6)
+  # bfloat16 logits: the gradient comes back in bfloat16, within its rounding (2^-8 relative).
+  narrow = logits.astype(jnp.bfloat16)
+  gradient = jax.grad(fused)(narrow)
+  assert gradient.dtype == jnp.bfloat16
+  np.testing.assert_allclose(gradient.astype(jnp.float32),
+                             jax.grad(reference)(narrow.astype(jnp.float32)), atol=4e-3)
+
+
+def test_fused_loss_keeps_no_float32_copy_of_bfloat16_logits():
+  """Autodiff through log-softmax keeps `[B, L, N]` float32 log-probabilities for the backward
+  pass; the fused loss keeps only the bfloat16 logits (and per-position statistics)."""
+  rng = np.random.RandomState(0)
+  logits = jnp.asarray(rng.randn(4, 16, 96), jnp.bfloat16)
+  targets = jnp.asarray(rng.randint(0, 96, (4, 16)))
+  weights = jnp.ones((4, 16), jnp.float32)
+
+  def kept(loss):
+    _, backward = jax.vjp(lambda x: loss(x, targets, weights, 0.1), logits)
+    return {leaf.dtype for leaf in jax.tree.leaves(backward) if getattr(leaf, "ndim", 0) == 3}
+
+  assert jnp.dtype(jnp.float32) in kept(definition_loss)
+  assert kept(lambda *a: losses.label_smoothed_cross_entropy(*a)[0]) == {jnp.dtype(jnp.bfloat16)}
+
+
 def test_chunks_must_divide_the_length():
   features, table, targets, weights = projection_problem(length=8)
   with pytest.raises(ValueError, match="loss_chunks=3 does not divide the target length 8"):

@@ -6,6 +6,8 @@ end. Glossary: B batch, L length, N vocabulary size.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable
 
 import jax
@@ -17,6 +19,51 @@ def log_softmax(logits: jnp.ndarray) -> jnp.ndarray:
   return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
+def smoothing_entropy(vocab_size: int, label_smoothing: float) -> float:
+  """Entropy of the smoothed target distribution: the loss of a perfect prediction."""
+  confidence = 1.0 - label_smoothing
+  low_confidence = label_smoothing / (vocab_size - 1)
+  return -(confidence * math.log(confidence) +
+           (vocab_size - 1) * low_confidence * math.log(low_confidence + 1e-20))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _smoothed_negative_log_likelihood(logits: jnp.ndarray, targets: jnp.ndarray,
+                                      label_smoothing: float) -> jnp.ndarray:
+  return _smoothed_nll_forward(logits, targets, label_smoothing)[0]
+
+
+def _smoothed_nll_forward(logits, targets, label_smoothing):
+  # -sum_n q_n log p_n with q = low + (confidence - low) [n = target] and log p = x - lse:
+  # = lse - (confidence - low) x_target - low sum_n x_n (sum_n q_n = 1). Three reductions of
+  # the logits as stored; no [B, L, N] float32 log-probabilities.
+  vocab_size = logits.shape[-1]
+  low = label_smoothing / (vocab_size - 1)
+  # Each reduction converts the logits itself: a shared float32 copy would be written whole.
+  maximum = jax.lax.stop_gradient(jnp.max(logits, axis=-1)).astype(jnp.float32)
+  log_sum_exp = maximum + jnp.log(
+      jnp.sum(jnp.exp(logits.astype(jnp.float32) - maximum[..., None]), axis=-1))
+  target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = (log_sum_exp - (1.0 - label_smoothing - low) * target_logits.astype(jnp.float32)
+         - low * jnp.sum(logits, axis=-1, dtype=jnp.float32))
+  return nll, (logits, targets, log_sum_exp)
+
+
+def _smoothed_nll_backward(label_smoothing, residuals, cotangent):
+  # d nll / d x_n = p_n - q_n: one elementwise pass, written in the logits' dtype.
+  logits, targets, log_sum_exp = residuals
+  vocab_size = logits.shape[-1]
+  low = label_smoothing / (vocab_size - 1)
+  probs = jnp.exp(logits.astype(jnp.float32) - log_sum_exp[..., None])
+  is_target = jnp.arange(vocab_size, dtype=targets.dtype) == targets[..., None]
+  soft_targets = jnp.where(is_target, 1.0 - label_smoothing, low)
+  gradient = cotangent[..., None] * (probs - soft_targets)
+  return gradient.astype(logits.dtype), None
+
+
+_smoothed_negative_log_likelihood.defvjp(_smoothed_nll_forward, _smoothed_nll_backward)
+
+
 def label_smoothed_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
                                  weights: jnp.ndarray, label_smoothing: float
                                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -25,20 +72,17 @@ def label_smoothed_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray,
   The true token gets 1 - label_smoothing and every other token label_smoothing / (N - 1). The
   entropy of that distribution is subtracted, so a perfect prediction has loss 0.
 
+  Fused: the forward pass reads the logits (float32 or bfloat16) for a float32 log-sum-exp,
+  the target's logit and the logits' sum; the backward pass writes the gradient
+  `softmax - smoothed targets` in one pass, in the logits' dtype. Neither materializes
+  `[B, L, N]` float32 log-probabilities, which autodiff through `log_softmax` does.
+
   Args:
-    logits: `[B, L, N]` (float32); targets: `[B, L]` ids; weights: `[B, L]` (0 for padding).
+    logits: `[B, L, N]` (float32 or bfloat16); targets: `[B, L]` ids; weights: `[B, L]` (0 for
+      padding).
   """
-  vocab_size = logits.shape[-1]
-  confidence = 1.0 - label_smoothing
-  low_confidence = label_smoothing / (vocab_size - 1)
-  entropy = -(confidence * jnp.log(confidence) +
-              (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
-  # sum_n soft_n log p_n = (confidence - low) log p_target + low sum_n log p_n: one pass over
-  # the log-softmax and a gather, no `[B, L, N]` one-hot.
-  log_probs = log_softmax(logits)
-  target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  loss = -((confidence - low_confidence) * target_log_probs
-           + low_confidence * jnp.sum(log_probs, axis=-1)) - entropy
+  nll = _smoothed_negative_log_likelihood(logits, targets, label_smoothing)
+  loss = nll - smoothing_entropy(logits.shape[-1], label_smoothing)
   return jnp.sum(loss * weights), jnp.sum(weights)
 
 
