@@ -36,13 +36,14 @@ from typing import Any, Callable, Iterator
 import ml_collections
 import tensorflow as tf
 
+from launch.job import Job
 from transformer import config as model_config
 from transformer import logged_time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = "results.jsonl"
 
-Launcher = Callable[[list[str], str], int]
+Launcher = Callable[[Job, str], int]
 
 
 class SweepError(ValueError):
@@ -146,18 +147,16 @@ def completed(workdir: str, config: ml_collections.ConfigDict) -> bool:
   return tf.io.gfile.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps)))
 
 
-def command(sweep: dict[str, Any], point: dict[str, Any], workdir: str) -> list[str]:
-  """The training command line of one point."""
-  flags = [f"--config.{key}={_flag_value(value)}" for key, value in point["overrides"].items()]
-  return [sys.executable, "-m", "transformer.main", f"--config={sweep['config']}",
-          f"--workdir={workdir}", *flags]
+def training_job(sweep: dict[str, Any], point: dict[str, Any], workdir: str) -> Job:
+  """The training job of one point."""
+  overrides = tuple(f"{key}={_flag_value(value)}" for key, value in point["overrides"].items())
+  return Job(sweep["config"], workdir, overrides)
 
 
-def finish_commands(sweep: dict[str, Any], point: dict[str, Any], workdir: str
-                    ) -> list[list[str]]:
-  """The commands run after a point's training: its training command plus each `finish` entry."""
-  training = command(sweep, point, workdir)
-  return [[*training, *(flag.format(workdir=workdir) for flag in flags)]
+def finish_jobs(sweep: dict[str, Any], point: dict[str, Any], workdir: str) -> list[Job]:
+  """The jobs run after a point's training: its training job plus each `finish` entry's flags."""
+  training = training_job(sweep, point, workdir)
+  return [training.with_flags(*(flag.format(workdir=workdir) for flag in flags))
           for flags in sweep.get("finish", [])]
 
 
@@ -165,15 +164,15 @@ def train_and_finish(sweep: dict[str, Any], point: dict[str, Any], workdir: str,
                      config: ml_collections.ConfigDict, launcher: Launcher) -> str:
   """One attempt at a point: '' when done, else why it is not."""
   log = os.path.join(workdir, "log.txt")
-  code = launcher(command(sweep, point, workdir), log)
+  code = launcher(training_job(sweep, point, workdir), log)
   if code != 0:
     return f"exit {code}"
   if not completed(workdir, config):
     return f"no checkpoint of step {config.train.num_steps}"
-  for argv in finish_commands(sweep, point, workdir):
-    code = launcher(argv, log)
+  for job in finish_jobs(sweep, point, workdir):
+    code = launcher(job, log)
     if code != 0:
-      return f"exit {code} of `{' '.join(argv[3:])}`"
+      return f"exit {code} of `{' '.join(job.flags())}`"
   return ""
 
 
@@ -193,18 +192,24 @@ def _flag_value(value: Any) -> str:
   return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def subprocess_launcher(argv: list[str], log_path: str) -> int:
-  """Runs one point locally, its output in `log_path`."""
-  with open(log_path, "a", encoding="utf-8") as log:  # local roots only
+def subprocess_launcher(job: Job, log_path: str) -> int:
+  """Runs one job locally, its output in `log_path`."""
+  return run_logged(job.argv(), log_path)
+
+
+def run_logged(argv: list[str], log_path: str) -> int:
+  """Runs a command from the repository root, its output appended to `log_path` (local)."""
+  with open(log_path, "a", encoding="utf-8") as log:
     return subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def srun_launcher(argv: list[str], log_path: str) -> int:
-  """Runs one command as a SLURM job step inside an allocation (`launch/slurm.py`'s arrays):
-  training on every task with `--multihost`, a finish command (`--mode=...`) on one task."""
-  finishing = any(flag.startswith("--mode=") for flag in argv)
-  step = ["srun", "--kill-on-bad-exit=1", *(["--nodes=1", "--ntasks=1"] if finishing else [])]
-  return subprocess_launcher([*step, *argv, *([] if finishing else ["--multihost"])], log_path)
+def srun_launcher(job: Job, log_path: str) -> int:
+  """Runs one job as a SLURM job step inside an allocation (`launch/slurm.py`'s arrays):
+  training on every task with `--multihost`, a finish job (`--mode=...`) on one task."""
+  if job.mode != "train":
+    return run_logged(["srun", "--kill-on-bad-exit=1", "--nodes=1", "--ntasks=1", *job.argv()],
+                      log_path)
+  return run_logged(["srun", "--kill-on-bad-exit=1", *job.argv(), "--multihost"], log_path)
 
 
 LAUNCHERS: dict[str, Launcher] = {"local": subprocess_launcher, "srun": srun_launcher}

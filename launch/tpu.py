@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from absl import flags
 
 from launch import vm as vm_lib
+from launch.job import Job
 from launch.vm import Gcloud, LaunchError, TpuVm
 
 COMMANDS = ("create", "setup", "run", "logs", "status", "stop", "delete", "watch", "sweep")
@@ -122,9 +123,14 @@ def check_options(options: argparse.Namespace) -> None:
                       "train from step 0")
 
 
-def watch(vm: TpuVm, printer=print) -> int:
+def job_of(options: argparse.Namespace) -> Job:
+  """The trainer run that `run` starts and `watch` restarts: `--config` in `--workdir`."""
+  return Job(options.config, options.workdir)
+
+
+def watch(vm: TpuVm, job: Job, printer=print) -> int:
   """Keeps a started run alive through preemptions until its trainer exits; returns restarts."""
-  code, restarts = vm_lib.run_to_completion(vm, printer=printer, start=False)
+  code, restarts = vm_lib.run_to_completion(vm, job, printer=printer, start=False)
   if code:
     raise LaunchError(f"{vm.name}: the trainer exited with code {code} (restarts: {restarts}); "
                       f"`python -m launch.tpu logs --collect=DIR` fetches every worker's log")
@@ -146,10 +152,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     vm = TpuVm(gcloud, options)
     actions = {
         "create": vm.create, "setup": vm.setup, "stop": vm.stop, "delete": vm.delete,
-        "run": lambda: (vm.start_training(), vm.stream_logs()),
+        "run": lambda: (vm.start_training(job_of(options)), vm.stream_logs()),
         "logs": lambda: vm.collect_logs(options.collect) if options.collect else vm.stream_logs(),
         "status": lambda: print(vm.state()),
-        "watch": lambda: watch(vm),
+        "watch": lambda: watch(vm, job_of(options)),
     }
     actions[options.command]()
   except LaunchError as error:

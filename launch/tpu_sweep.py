@@ -15,6 +15,7 @@ from typing import Callable
 
 from experiments import report, sweep
 from launch import vm as vm_lib
+from launch.job import Job
 from launch.vm import Gcloud, TpuVm
 
 
@@ -25,18 +26,16 @@ def vm_options(options: argparse.Namespace, index: int) -> argparse.Namespace:
 
 def launcher(vms: "queue.Queue[TpuVm]", printer: Callable[[str], None] = print
              ) -> sweep.Launcher:
-  """A sweep launcher that trains each point on a free VM and returns its trainer's exit code."""
+  """A sweep launcher that runs each job (a point's training or a finish step) on a free VM
+  and returns its trainer's exit code."""
 
-  def launch(argv: list[str], log_path: str) -> int:
+  def launch(job: Job, log_path: str) -> int:
     del log_path  # logs stay on the VM (`logs --collect`)
     vm = vms.get()
     try:
-      vm.options.config = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
-      vm.options.workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
-      overrides = [arg for arg in argv if arg.startswith("--config.")]
-      code, restarts = vm_lib.run_to_completion(vm, overrides, printer)
+      code, restarts = vm_lib.run_to_completion(vm, job, printer)
       if restarts:
-        printer(f"{vm.name}: {os.path.basename(vm.options.workdir)} survived {restarts} "
+        printer(f"{vm.name}: {os.path.basename(job.workdir)} ({job.mode}) survived {restarts} "
                 "preemption(s)")
       return code
     finally:
@@ -84,11 +83,10 @@ def print_dry_run(definition: dict, options: argparse.Namespace, vms: list[TpuVm
     vm.setup()
   points = [p for p in definition["points"] if not only or p["name"] in only]
   for index, point in enumerate(points):
-    vm = vms[index % len(vms)]
     workdir = os.path.join(options.workdir, point["name"])
-    vm.options.config, vm.options.workdir = definition["config"], workdir
-    argv = sweep.command(definition, point, workdir)
-    vm.start_training([arg for arg in argv if arg.startswith("--config.")])
+    for job in [sweep.training_job(definition, point, workdir),
+                *sweep.finish_jobs(definition, point, workdir)]:
+      vms[index % len(vms)].start_training(job)
   if not options.keep_vms:
     for vm in vms:
       vm.delete()

@@ -17,6 +17,7 @@ import tempfile
 import time
 from typing import Callable, Sequence
 
+from launch.job import Job
 from transformer import tpu_slices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,24 +220,24 @@ class TpuVm:
                        *self._scope(), "--worker=all"])
     self.ssh(setup_script())
 
-  def train_command(self, extra: Sequence[str] = ()) -> str:
-    """The command every worker runs: the trainer under job.sh, in the pinned environment."""
+  def train_command(self, job: Job) -> str:
+    """The command every worker runs: the job's trainer under job.sh, in the pinned
+    environment, with this launch's `--data_dir` and `--override`s and, on a multi-host slice,
+    `--multihost`."""
     o = self.options
-    if self.hosts > 1 and not o.workdir.startswith("gs://"):
+    if self.hosts > 1 and not job.workdir.startswith("gs://"):
       raise LaunchError(f"--workdir: a {self.hosts}-host run needs a gs:// workdir shared by all "
-                        f"workers, not '{o.workdir}'")
-    flags = [f"--config={o.config}", f"--workdir={o.workdir}", *extra,
-             *(f"--{override}" for override in o.override)]
+                        f"workers, not '{job.workdir}'")
+    launch_flags = [f"--{override}" for override in o.override]
     if o.data_dir:
-      flags.append(f"--config.data.data_dir={o.data_dir}")
-    if self.hosts > 1:
-      flags.append("--multihost")
-    main = shlex.join([".venv/bin/python", "-m", "transformer.main", *flags])
+      launch_flags.append(f"--config.data.data_dir={o.data_dir}")
+    job = job.with_flags(*launch_flags, *(["--multihost"] if self.hosts > 1 else []))
+    main = shlex.join(job.argv(python=".venv/bin/python"))
     return f"cd ~/transformer && launch/job.sh start {JOB_DIR} {LOG} -- {main}"
 
-  def start_training(self, extra: Sequence[str] = ()) -> None:
-    """Starts the configured run on all workers at once."""
-    self.ssh(self.train_command(extra))
+  def start_training(self, job: Job) -> None:
+    """Starts the job on all workers at once."""
+    self.ssh(self.train_command(job))
 
   def job_state(self) -> JobState:
     """The trainer's state on every worker, from job.sh's state files."""
@@ -303,15 +304,15 @@ def num_hosts(accelerator_type: str) -> int:
   return 1 if chips <= chip.single_host_chips else chips // chip.chips_per_host
 
 
-def run_to_completion(vm: TpuVm, extra: Sequence[str] = (), printer: Callable[[str], None] = print,
+def run_to_completion(vm: TpuVm, job: Job, printer: Callable[[str], None] = print,
                       start: bool = True) -> tuple[int, int]:
-  """Runs (or, with start=False, follows) the trainer until it exits on a READY VM.
+  """Runs (or, with start=False, follows) the job's trainer until it exits on a READY VM.
 
-  A preempted or vanished VM is recreated and the run started again; it resumes from the last
+  A preempted or vanished VM is recreated and the job started again; it resumes from the last
   checkpoint in the gs:// workdir. Returns (exit code, restarts).
   """
   if start:
-    vm.start_training(extra)
+    vm.start_training(job)
   restarts, lost_before = 0, False
   for _ in range(vm.options.max_polls):
     if vm.gcloud.dry_run:
@@ -320,7 +321,7 @@ def run_to_completion(vm: TpuVm, extra: Sequence[str] = (), printer: Callable[[s
     if state in LOST_STATES:
       printer(f"{vm.name} is {state}: recreating and resuming")
       vm.recreate()
-      vm.start_training(extra)
+      vm.start_training(job)
       restarts += 1
     elif state == READY:
       job = vm.job_state()
@@ -332,7 +333,7 @@ def run_to_completion(vm: TpuVm, extra: Sequence[str] = (), printer: Callable[[s
       # restarted. Twice in a row on a READY VM: start the trainer again.
       if job.kind == "lost" and lost_before:
         printer(f"{vm.name}: the trainer vanished without an exit code: starting it again")
-        vm.start_training(extra)
+        vm.start_training(job)
         restarts += 1
       lost_before = job.kind == "lost"
     time.sleep(vm.options.poll_seconds)

@@ -133,7 +133,7 @@ def test_job_state_comes_from_exit_codes_not_process_names(fake_gcloud, tmp_path
                                                      f"--workdir={tmp_path / 'w'}"]))
   assert vm.job_state() == vm_lib.JobState("none")
   fake_gcloud.plan("fail")
-  code, restarts = vm_lib.run_to_completion(vm)
+  code, restarts = vm_lib.run_to_completion(vm, tpu.job_of(vm.options))
   assert (code, restarts) == (1, 0)
   assert vm_lib.JobState.parse("running\nexited 0\n", 2).kind == "running"
   assert vm_lib.JobState.parse("exited 0\nexited 3\n", 2) == vm_lib.JobState("exited", 3)
@@ -145,9 +145,10 @@ def test_watch_recreates_a_preempted_vm_and_ends_when_the_trainer_exits(fake_gcl
   tpu.main(["create", *run])
   tpu.main(["setup", *run])
   fake_gcloud.plan("preempt")  # the first trainer dies with its VM; the restarted one finishes
-  vm = vm_lib.TpuVm(vm_lib.Gcloud(False), tpu.parse(["run", *run]))
-  vm.start_training()
-  assert tpu.watch(vm) == 1
+  options = tpu.parse(["run", *run])
+  vm = vm_lib.TpuVm(vm_lib.Gcloud(False), options)
+  vm.start_training(tpu.job_of(options))
+  assert tpu.watch(vm, tpu.job_of(options)) == 1
   verbs = fake_gcloud.verbs()
   restart = verbs.index("tpu-vm delete")
   assert verbs[restart + 1] == "tpu-vm create"
@@ -163,8 +164,8 @@ def test_watch_refuses_local_workdirs_reports_failures_and_stops_in_dry_runs(fak
   tpu.main(["status", *BASE, "--queued"])  # PROVISIONING, then ACTIVE
   tpu.main(["setup", *BASE, "--queued"])
   fake_gcloud.plan("fail")
-  vm_lib.TpuVm(vm_lib.Gcloud(False), tpu.parse(["run", *BASE, "--queued",
-                                                "--workdir=gs://b/r"])).start_training()
+  options = tpu.parse(["run", *BASE, "--queued", "--workdir=gs://b/r"])
+  vm_lib.TpuVm(vm_lib.Gcloud(False), options).start_training(tpu.job_of(options))
   with pytest.raises(SystemExit, match="the trainer exited with code 1"):
     tpu.main(["watch", *BASE, "--queued", "--workdir=gs://b/r"])
   capsys.readouterr()
@@ -193,6 +194,31 @@ def test_sweep_on_two_vms_survives_a_failure_and_a_preemption(fake_gcloud, tmp_p
   assert all(row["config"]["model"]["d_ff"] in (32, 64) for row in rows.values())
 
 
+def test_sweep_finish_steps_run_on_the_vm_in_order_and_fill_the_final_evaluation(
+    fake_gcloud, tmp_path, monkeypatch):
+  """Table 3's converged points average their last checkpoints and evaluate the average: the
+  VM must receive those modes (not the training command again), in order."""
+  monkeypatch.setattr(vm_lib, "shared_root", lambda path: True)
+  sweep_file = tmp_path / "finish.py"
+  sweep_file.write_text(
+      "from experiments.sweeps import table3\n"
+      "def get_sweep():\n  return {'name': 'f', 'config': 'tests/tiny_config.py', 'points': "
+      "[{'name': 'a', 'overrides': {'model.d_ff': 32}}], "
+      "'finish': table3.get_sweep('cpu_converged')['finish']}\n")
+  root = tmp_path / "root"
+  tpu.main(["sweep", *BASE, f"--workdir={root}", f"--sweep={sweep_file}"])
+  commands = [call[-1] for call in fake_gcloud.starts()]
+  assert len(commands) == 3
+  assert "--mode" not in commands[0]
+  assert "--config.eval.num_average=5 --mode=average" in commands[1]
+  assert f"--mode=evaluate --checkpoint_dir={root}/a/averaged" in commands[2]
+  assert all("--config.model.d_ff=32" in command for command in commands)
+  row = report.read_results(str(root))[0]
+  assert row["final_eval"]["bleu"] == 31.5
+  assert row["final_eval"]["checkpoint"] == f"{root}/a/averaged"
+  assert row["final_eval"]["split"] == "val"
+
+
 def test_sweep_gives_up_after_the_retries_and_still_deletes_the_vms(fake_gcloud, tmp_path,
                                                                     monkeypatch):
   monkeypatch.setattr(vm_lib, "shared_root", lambda path: True)
@@ -210,6 +236,7 @@ def test_sweep_dry_run_prints_the_whole_sequence(fake_gcloud, capsys):
   kinds = [("create" if " create " in line else "delete" if " delete " in line else
             "setup" if "uv venv" in line or " scp " in line else
             "run" if "job.sh start" in line else line) for line in printed]
+  # table3's tpu points have no finish steps: one run each.
   assert kinds == ["create", "setup", "setup", "create", "setup", "setup", "run", "run", "run",
                    "delete", "delete"]
   runs = [line for line in printed if "job.sh start" in line]

@@ -85,7 +85,7 @@ def small_sweep(points):
 
 def test_bad_sweeps_fail_before_anything_runs(tmp_path):
   ran = []
-  launcher = lambda argv, log: ran.append(argv) or 0
+  launcher = lambda job, log: ran.append(job.argv()) or 0
   with pytest.raises(sweep.SweepError, match=r"point 'typo': unknown or invalid override key "
                                              r"'model.d_modle'"):
     sweep.run_sweep(small_sweep([{"name": "ok", "overrides": {}},
@@ -100,9 +100,9 @@ def test_bad_sweeps_fail_before_anything_runs(tmp_path):
   assert ran == []
 
 
-def fake_training(argv, log_path):
+def fake_training(job, log_path):
   """Stands in for `transformer.main`: writes the metrics a run would."""
-  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  workdir = job.workdir
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as handle:
     for step in (10, 20):
       handle.write(json.dumps({"step": step, "eval_perplexity": 100.0 / step,
@@ -116,7 +116,7 @@ def test_runner_records_results_and_skips_finished_points(tmp_path):
                             {"name": "deep", "overrides": {"model.encoder_layers": 3}}])
   definition["reference"] = {"wide": {"perplexity": 4.75, "bleu": 26.2}}
   calls = []
-  launcher = lambda argv, log: calls.append(argv) or fake_complete_training(argv, log)
+  launcher = lambda job, log: calls.append(job.argv()) or fake_complete_training(job, log)
   assert sweep.run_sweep(definition, str(tmp_path), only={"base", "wide"},
                          launcher=launcher) == ["base", "wide"]
   assert "--config.model.d_ff=128" in calls[1]
@@ -139,8 +139,8 @@ def test_a_raised_budget_extends_finished_points_and_a_lowered_one_is_an_error(t
   with open(path, "w") as handle:  # as if the 20-step run had taken 1,000 s
     handle.write(json.dumps({**first, "wall_seconds": 1000.0}) + "\n")
 
-  def resume_to_40(argv, log_path):
-    workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  def resume_to_40(job, log_path):
+    workdir = job.workdir
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as handle:
       handle.write(json.dumps({"step": 40, "eval_perplexity": 2.0, "eval_loss": 0.5}) + "\n")
     os.makedirs(os.path.join(workdir, "checkpoints", "40"), exist_ok=True)
@@ -167,14 +167,14 @@ def test_a_cooled_down_point_is_not_extended(tmp_path):
                                                        "train.num_steps": 40}}])
   with pytest.raises(sweep.SweepError, match=r"point\(s\) base in .* finished a learning-rate "
                                              r"cooldown"):
-    sweep.run_sweep(longer, str(tmp_path), launcher=lambda argv, log: ran.append(argv) or 0)
+    sweep.run_sweep(longer, str(tmp_path), launcher=lambda job, log: ran.append(job.argv()) or 0)
   assert ran == []
 
 
 def test_failed_point_is_not_recorded(tmp_path):
   with pytest.raises(sweep.PointFailed, match="point 'base' failed"):
     sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
-                    launcher=lambda argv, log: 1)
+                    launcher=lambda job, log: 1)
   assert sweep.finished(str(tmp_path)) == set()
 
 
@@ -286,10 +286,10 @@ def test_bleu_curves_draw_the_points_that_measured_bleu(tmp_path):
   assert report.plot_curves(str(tmp_path), rows, str(tmp_path / "b.png"), "eval_bleu") == ["base"]
 
 
-def fake_complete_training(argv, log_path):
+def fake_complete_training(job, log_path):
   """fake_training plus the final checkpoint a finished run leaves."""
-  fake_training(argv, log_path)
-  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  fake_training(job, log_path)
+  workdir = job.workdir
   os.makedirs(os.path.join(workdir, "checkpoints", "20"), exist_ok=True)
   return 0
 
@@ -298,7 +298,7 @@ def test_seeds_repeat_points_and_the_report_shows_their_spread(tmp_path):
   definition = small_sweep([{"name": "base", "overrides": {}},
                             {"name": "wide", "overrides": {"model.d_ff": 128}}])
   calls = []
-  launcher = lambda argv, log: calls.append(argv) or fake_complete_training(argv, log)
+  launcher = lambda job, log: calls.append(job.argv()) or fake_complete_training(job, log)
   ran = sweep.run_sweep(definition, str(tmp_path), only={"base"}, launcher=launcher,
                         seeds=[0, 1, 2])
   assert sorted(ran) == ["base", "base@seed1", "base@seed2"]
@@ -324,27 +324,28 @@ def test_seeds_repeat_points_and_the_report_shows_their_spread(tmp_path):
 
 def test_a_point_without_its_final_checkpoint_is_retried_then_fails(tmp_path):
   attempts = []
-  launcher = lambda argv, log: attempts.append(argv) or fake_training(argv, log)  # exits 0 early
+  launcher = lambda job, log: attempts.append(job) or fake_training(job, log)  # exits 0 early
   with pytest.raises(sweep.PointFailed, match=r"failed 3 time\(s\) \(last: no checkpoint of step "
                                               r"20\)"):
     sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
                     launcher=launcher, retries=2)
   assert len(attempts) == 3 and sweep.finished(str(tmp_path)) == set()
   codes = iter([1, 0])
-  retried = lambda argv, log: next(codes) or fake_complete_training(argv, log)
+  retried = lambda job, log: next(codes) or fake_complete_training(job, log)
   assert sweep.run_sweep(small_sweep([{"name": "base", "overrides": {}}]), str(tmp_path),
                          launcher=retried, retries=1) == ["base"]
   assert report.read_results(str(tmp_path))[0]["attempts"] == 2
 
 
-def fake_finish(argv, log_path):
+def fake_finish(job, log_path):
   """Training as fake_complete_training; `--mode=average`/`evaluate` as transformer.main writes."""
-  workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
-  if "--mode=average" in argv:
+  workdir = job.workdir
+  if job.mode == "average":
     os.makedirs(os.path.join(workdir, "averaged", "20"), exist_ok=True)
     return 0
-  if "--mode=evaluate" in argv:
-    checkpoint = next(a.split("=", 1)[1] for a in argv if a.startswith("--checkpoint_dir="))
+  if job.mode == "evaluate":
+    checkpoint = next(flag.split("=", 1)[1] for flag in job.extra_flags
+                      if flag.startswith("--checkpoint_dir="))
     if not os.path.isdir(checkpoint):
       return 1
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
@@ -352,20 +353,20 @@ def fake_finish(argv, log_path):
       json.dump({"bleu": 31.5, "split": "val", "sentences": 1014, "step": 20,
                  "checkpoint": checkpoint}, handle)
     return 0
-  return fake_complete_training(argv, log_path)
+  return fake_complete_training(job, log_path)
 
 
 def test_finish_commands_average_and_evaluate_after_training(tmp_path):
   definition = small_sweep([{"name": "base", "overrides": {"model.d_ff": 64}}])
   definition["finish"] = table3.get_sweep("cpu_converged")["finish"]
   calls = []
-  launcher = lambda argv, log: calls.append(argv) or fake_finish(argv, log)
+  launcher = lambda job, log: calls.append(job.argv()) or fake_finish(job, log)
   assert sweep.run_sweep(definition, str(tmp_path), launcher=launcher) == ["base"]
   workdir = os.path.join(str(tmp_path), "base")
   assert len(calls) == 3
-  assert calls[1][-2:] == ["--mode=average", "--config.eval.num_average=5"]
-  assert calls[2][-3:] == ["--mode=evaluate", f"--checkpoint_dir={workdir}/averaged",
-                           "--config.eval.split=val"]
+  assert calls[1][-2:] == ["--config.eval.num_average=5", "--mode=average"]
+  assert calls[2][-3:] == ["--config.eval.split=val", "--mode=evaluate",
+                           f"--checkpoint_dir={workdir}/averaged"]
   assert all("--config.model.d_ff=64" in call for call in calls)  # the point's own flags
   row = report.read_results(str(tmp_path))[0]
   assert row["final_eval"]["bleu"] == 31.5 and row["final_eval"]["sentences"] == 1014
@@ -423,8 +424,8 @@ def test_report_uses_the_final_evaluation_and_names_points_needing_seeds(tmp_pat
 
 
 def test_wall_time_comes_from_the_trainer_log_across_resumed_sessions(tmp_path):
-  def two_sessions(argv, log_path):  # stopped at step 20 and resumed from the checkpoint at 10
-    workdir = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+  def two_sessions(job, log_path):  # stopped at step 20 and resumed from the checkpoint at 10
+    workdir = job.workdir
     records = [{"step": 10, "steps_per_sec": 1.0, "interval_seconds": 100.0},
                {"step": 10, "eval_loss": 0.5, "validation_seconds": 30.0},
                {"step": 20, "steps_per_sec": 1.0, "interval_seconds": 100.0},
