@@ -80,7 +80,8 @@ def main() -> None:
     axis.legend()
   figure.tight_layout()
   figure.savefig(os.path.join(RESULTS, "attention_scaling.png"), dpi=110)
-  print("| N | reference ms | blockwise ms | time ratio | reference MiB | blockwise MiB | memory ratio |")
+  print("| N | reference ms | blockwise ms | time ratio | reference MiB | blockwise MiB "
+        "| memory ratio |")
   print("|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['length']} | {r['reference_seconds'] * 1e3:.1f} | "

@@ -69,7 +69,8 @@ class PlainTransformer(nn.Module):
 
     memory = embedded(source)
     for _ in range(self.layers):
-      memory = Block(self.heads, self.d_ff, self.dropout, False, self.dtype)(memory, None, None, train)
+      block = Block(self.heads, self.d_ff, self.dropout, False, self.dtype)
+      memory = block(memory, None, None, train)
     y = embedded(decoder_input)
     causal = nn.make_causal_mask(decoder_input)
     for _ in range(self.layers):

@@ -8,14 +8,15 @@ A sweep file defines `get_sweep(arg)` returning `{"name", "config", "points": [{
 shown beside ours in the report) and `"finish": [[FLAG, ...], ...]`: commands run after a point's
 training with the point's own flags plus these (`{workdir}` is filled in), e.g. `--mode=average`
 then `--mode=evaluate` of the averaged checkpoint on the whole validation split; the row then
-carries that evaluation as `final_eval`. Each point trains in `ROOT/NAME` with `python -m transformer.main`; its summary
-(config, parameter count, steps, wall time, final validation perplexity and BLEU) is appended to
+carries that evaluation as `final_eval`. Each point trains in `ROOT/NAME` with
+`python -m transformer.main` (a `launch.job.Job` handed to the launcher); its summary (config,
+parameter count, steps, wall time, final validation perplexity and BLEU) is appended to
 `ROOT/results.jsonl` with the full resolved config, the git commit, library versions, devices,
 seed and wall time. A point is done only when its trainer exited 0 and its workdir holds the
 final step's checkpoint; a failed point is run again up to `--retries` times (it resumes from its
 checkpoints). `--seeds=0,1,2` repeats every point with each seed (`NAME@seedS`; the config's own
-seed keeps the plain name). A sweep stopped and started again picks up where it stopped. `python -m experiments.report --root=DIR` writes the
-comparison.
+seed keeps the plain name). A sweep stopped and started again picks up where it stopped.
+`python -m experiments.report --root=DIR` writes the comparison.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterator

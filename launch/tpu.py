@@ -1,8 +1,10 @@
 r"""Cloud TPU VM launcher: a small CLI over `gcloud`, with absl flags like the trainer.
 
-    python -m launch.tpu create  --name=mt --zone=us-central2-b --accelerator_type=v4-8 --provisioning=spot
+    python -m launch.tpu create  --name=mt --zone=us-central2-b --accelerator_type=v4-8 \
+                                 --provisioning=spot
     python -m launch.tpu setup   --name=mt --zone=us-central2-b --accelerator_type=v4-8
-    python -m launch.tpu run     --name=mt --zone=us-central2-b --config=experiments/configs/wmt14_base.py \
+    python -m launch.tpu run     --name=mt --zone=us-central2-b \
+                                 --config=experiments/configs/wmt14_base.py \
                                  --workdir=gs://bucket/runs/base --data_dir=gs://bucket/tfds
     python -m launch.tpu watch | logs | status | stop | delete | sweep ...
 

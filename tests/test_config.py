@@ -20,7 +20,8 @@ def test_d_k_defaults_and_overrides():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"d_model": 30, "num_heads": 4}, "d_model (30) must be divisible by ModelConfig.num_heads (4)"),
+    ({"d_model": 30, "num_heads": 4},
+     "d_model (30) must be divisible by ModelConfig.num_heads (4)"),
     ({"d_ff": 0}, "ModelConfig.d_ff must be a positive integer"),
     ({"encoder_layers": -1}, "ModelConfig.encoder_layers must be a positive integer"),
     ({"vocab_size": 2.5}, "ModelConfig.vocab_size must be a positive integer"),

@@ -246,7 +246,8 @@ def test_invalid_utf8_names_file_and_line_and_leaves_nothing(tmp_path):
 
 def test_unknown_catalog_name(tmp_path):
   data = data_config(tmp_path, dataset="wmt15_translat/de-en")
-  with pytest.raises(DataError, match=r"unknown tfds dataset 'wmt15_translat/de-en'.*list_builders"):
+  with pytest.raises(DataError,
+                     match=r"unknown tfds dataset 'wmt15_translat/de-en'.*list_builders"):
     datasets.make_builder(data)
 
 

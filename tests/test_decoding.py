@@ -70,7 +70,7 @@ def test_outputs_end_with_eos_within_the_length_limit(tiny_model):
 
 
 def sequence_logprob(model, params, inputs, sequence):
-  """log P(sequence | inputs) by teacher forcing: the model's own log-probabilities, nothing else."""
+  """log P(sequence | inputs) by teacher forcing: the model's own log-probabilities only."""
   logits = model.apply({"params": params}, inputs, jnp.asarray([sequence]))
   logits = np.asarray(logits[0], np.float64)
   logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,

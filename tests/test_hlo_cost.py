@@ -140,7 +140,8 @@ def test_xla_counts_a_loop_body_once_and_hbm_bytes_counts_every_trip():
   _, unrolled_cost, unrolled_program = _compile_for_v4(unrolled, *shapes)
   _, looped_cost, looped_program = _compile_for_v4(looped, *shapes)
   assert looped_cost["flops"] == pytest.approx(unrolled_cost["flops"] / 8, rel=0.01)
-  assert hlo_cost.while_loops(looped_program) == [8] and hlo_cost.while_loops(unrolled_program) == []
+  assert hlo_cost.while_loops(looped_program) == [8]
+  assert hlo_cost.while_loops(unrolled_program) == []
   # x in and out (8 MiB each) and each iteration's 8 MiB slice of w, read once (plus a few
   # bytes of the loop counter).
   assert hlo_cost.hbm_bytes(looped_program) == pytest.approx((8 + 8 + 8 * 8) * MIB, abs=1024)

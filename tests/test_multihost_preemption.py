@@ -53,7 +53,8 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_and_resumes_exactly(tmp
   processes[1].send_signal(signal.SIGTERM)  # one host only: the other learns it from the gather
   outputs = finish(processes)
   saved = [int(line.rsplit("step ", 1)[1].split(",")[0]) for output in outputs
-           for line in output.splitlines() if "stop signal (SIGTERM or SIGUSR1) received: saved a checkpoint" in line]
+           for line in output.splitlines()
+           if "stop signal (SIGTERM or SIGUSR1) received: saved a checkpoint" in line]
   assert len(saved) == 1  # printed by process 0 only, for the step every process saved
   manager = checkpointing.read_only_manager(str(workdir / "checkpoints"))
   assert manager.all_steps() == [saved[0]] and saved[0] < 20

@@ -188,7 +188,8 @@ def test_a_cpu_peak_measured_under_load_is_measured_again(monkeypatch):
 
 
 def test_mesh_errors():
-  with pytest.raises(ValueError, match=r"config.mesh: 8 devices cannot be split into data=-1 fsdp=3"):
+  with pytest.raises(ValueError,
+                     match=r"config.mesh: 8 devices cannot be split into data=-1 fsdp=3"):
     sharding.make_mesh(-1, 3, 1)
   with pytest.raises(ValueError, match=r"does not match the 8 available devices"):
     sharding.make_mesh(2, 2, 1)
@@ -241,8 +242,8 @@ def subprocess_env(devices=1):
 
 
 def run_main(workdir, data_dir, *overrides, devices=1):
-  return subprocess.run(main_command(workdir, data_dir, *overrides), cwd=REPO, env=subprocess_env(devices),
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(main_command(workdir, data_dir, *overrides), cwd=REPO,
+                        env=subprocess_env(devices), capture_output=True, text=True, timeout=300)
 
 
 def logged_losses(workdir):

@@ -6,9 +6,10 @@ training runs (same function, logical-axis rules, shardings, donated state) is l
 of them and compiled by XLA:TPU. The compiled program reports its per-device memory and XLA's cost
 model (FLOPs, `optimal_seconds`), corrected where it is known to be wrong (`hlo_cost.py`: the
 -1 s per unmodeled custom call, and HBM bytes counted from the program's memory spaces); the
-modeled figures derived from them are estimates of the TPU cost model, not measurements. `--topology=h100-8` (any GPU of `gpus.py`) does the same
-for NVIDIA GPUs through the CUDA plugin: memory per GPU is exact, FLOPs come from the model formula
-(XLA has no GPU cost model without a GPU) and no time is modeled.
+modeled figures derived from them are estimates of the TPU cost model, not measurements.
+`--topology=h100-8` (any GPU of `gpus.py`) does the same for NVIDIA GPUs through the CUDA
+plugin: memory per GPU is exact, FLOPs come from the model formula (XLA has no GPU cost model
+without a GPU) and no time is modeled.
 """
 
 from __future__ import annotations

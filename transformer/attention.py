@@ -135,7 +135,7 @@ def blockwise_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray
 
     @jax.checkpoint
     def step(carry, ki):
-      m, l, acc = carry  # [B, H, q], [B, H, q], [B, q, H, V]
+      m, total, acc = carry  # running max, running sum: [B, H, q]; acc: [B, q, H, V]
       k = jax.lax.dynamic_slice_in_dim(key, ki * k_block, k_block, axis=1)
       v = jax.lax.dynamic_slice_in_dim(value, ki * k_block, k_block, axis=1)
       real = jax.lax.dynamic_slice_in_dim(key_is_real, ki * k_block, k_block)
@@ -149,16 +149,16 @@ def blockwise_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray
       m_new = jnp.maximum(m, logits.max(axis=-1))
       p = jnp.exp(logits - m_new[..., None])
       correction = jnp.exp(m - m_new)
-      l = l * correction + p.sum(axis=-1)
+      total = total * correction + p.sum(axis=-1)
       acc = acc * jnp.transpose(correction, (0, 2, 1))[..., None] + jnp.einsum(
           "bhqs,bshv->bqhv", p, v.astype(jnp.float32))
-      return (m_new, l, acc), None
+      return (m_new, total, acc), None
 
     initial = (jnp.full((batch, heads, q_block), 4 * _MASKED_LOGIT, jnp.float32),
                jnp.zeros((batch, heads, q_block), jnp.float32),
                jnp.zeros((batch, q_block, heads, d_v), jnp.float32))
-    (_, l, acc), _ = jax.lax.scan(step, initial, jnp.arange(k_blocks))
-    return acc / jnp.transpose(l, (0, 2, 1))[..., None]
+    (_, total, acc), _ = jax.lax.scan(step, initial, jnp.arange(k_blocks))
+    return acc / jnp.transpose(total, (0, 2, 1))[..., None]
 
   blocks = jax.lax.map(attend_query_block, jnp.arange(q_blocks))  # [nq, B, q, H, V]
   output = jnp.moveaxis(blocks, 0, 1).reshape(batch, q_blocks * q_block, heads, d_v)
@@ -257,7 +257,8 @@ class MultiHeadAttention(nn.Module):
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
     cache_index.value = index + step_length
-    # Step queries at positions index..index+step_length-1 see cached keys at positions <= their own.
+    # Step queries at positions index..index+step_length-1 see cached keys at positions up to
+    # their own.
     query_positions = index + jnp.arange(step_length)
     key_positions = jnp.arange(cached_key.value.shape[1])
     filled = (key_positions[None, :] <= query_positions[:, None])[None, None]  # [1, 1, Q, S]

@@ -108,9 +108,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
     except DataError as error:
       raise DataError(f"config.eval.split: {error}") from None
     evaluation_set = inputs.eval_set(builder, trained, loaded.tokenizer, name)
+  options = inference.DecodeOptions.from_config(trained.decode)
   hypotheses, _ = evaluation.translate_eval_set(loaded.model, loaded.params, evaluation_set,
-                                                loaded.tokenizer, inference.DecodeOptions.from_config(trained.decode),
-                                                loaded.mesh)
+                                                loaded.tokenizer, options, loaded.mesh)
   result = evaluation.score(hypotheses, evaluation_set.references, trained.data.target_lang,
                             config.eval.bleu_style)
   if extra_styles:  # the same hypotheses scored in other styles: one decode for all of them
@@ -286,7 +286,8 @@ def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: st
   model = Transformer(loaded.model.config.replace(attention_kernel="xla"))  # sows the weights
   tokenizer = loaded.tokenizer
   source = np.asarray(tokenizer.encode([sentence], "source"), np.int32)
-  ids, _ = inference.translate_ids(model, loaded.params, source, inference.DecodeOptions.from_config(loaded.config.decode))
+  options = inference.DecodeOptions.from_config(loaded.config.decode)
+  ids, _ = inference.translate_ids(model, loaded.params, source, options)
   target = np.asarray(ids)[0, 0]
   target = target[:int(np.argmax(target == EOS_ID)) + 1] if EOS_ID in target else target
   _, variables = model.apply({"params": loaded.params}, source, target[None],

@@ -33,5 +33,6 @@ def summary(config: ModelConfig, seed: int = 0, batch: int = 2, length: int = 16
   lines.append(f"  {'total':<18} {sum(counts.values()):>12,d} parameters "
                f"(closed form {config.num_params():,d})")
   lines.append(f"forward: inputs {tuple(inputs.shape)} targets {tuple(targets.shape)} -> "
-               f"logits {tuple(logits.shape)} {logits.dtype}, finite={bool(jnp.isfinite(logits).all())}")
+               f"logits {tuple(logits.shape)} {logits.dtype}, "
+               f"finite={bool(jnp.isfinite(logits).all())}")
   return "\n".join(lines)

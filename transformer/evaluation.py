@@ -10,6 +10,7 @@ import re
 from typing import Any, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import sacrebleu
 
@@ -61,7 +62,6 @@ def _corpus_score(metric: Any, hypotheses: Sequence[str], references: Sequence[s
   """A corpus score over every process's sentences: sufficient statistics are summed."""
   if jax.process_count() == 1:
     return metric.corpus_score(list(hypotheses), [list(references)])
-  from jax.experimental import multihost_utils  # only multi-host runs need it
   statistics = np.sum(metric._extract_corpus_statistics(list(hypotheses), [list(references)]),
                       axis=0)
   total = np.sum(multihost_utils.process_allgather(np.asarray(statistics)), axis=0)
@@ -94,7 +94,6 @@ def _local_rows(array: jax.Array, local_rows: int) -> np.ndarray:
   """This process's rows of a batch-sharded global array."""
   if jax.process_count() == 1:
     return np.asarray(array)
-  from jax.experimental import multihost_utils  # only multi-host runs need it
   gathered = np.asarray(multihost_utils.process_allgather(array, tiled=True))
   start = jax.process_index() * local_rows
   return gathered[start:start + local_rows]

@@ -48,7 +48,10 @@ def causal_mask(length: int) -> jnp.ndarray:
 
 
 def segment_mask(query_segments: jnp.ndarray, key_segments: jnp.ndarray) -> jnp.ndarray:
-  """Packed rows: tokens attend only within their own sentence. `[B, Q]`, `[B, K]` -> `[B,1,Q,K]`."""
+  """Packed rows: tokens attend only within their own sentence.
+
+  `[B, Q]`, `[B, K]` segment ids -> `[B, 1, Q, K]`.
+  """
   return query_segments[:, None, :, None] == key_segments[:, None, None, :]
 
 

@@ -21,7 +21,7 @@ from transformer.layers import (DecoderLayer, Embedding, EncoderLayer, Positiona
 
 
 def shift_right(targets: jnp.ndarray, segments: jnp.ndarray | None, start_id: int) -> jnp.ndarray:
-  """Decoder inputs: `[B, Lt]` targets shifted right, each (packed) sentence starting at start_id."""
+  """Decoder inputs: `[B, Lt]` targets shifted right, each (packed) sentence from start_id."""
   shifted = jnp.pad(targets, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
   if segments is None:
     return shifted

@@ -166,6 +166,7 @@ def apply_gpu_variant(config: ml_collections.ConfigDict) -> ml_collections.Confi
   """
   config.model.update(dict(dtype="bfloat16", param_dtype="float32", attention_kernel="cudnn",
                            remat_policy="none"))
-  config.data.update(dict(data_dir="", batch_size=96))  # ~/tensorflow_datasets or --config.data.data_dir
+  # data_dir "": ~/tensorflow_datasets, or --config.data.data_dir
+  config.data.update(dict(data_dir="", batch_size=96))
   config.mesh.update(dict(data=-1, fsdp=1, tensor=1))
   return config

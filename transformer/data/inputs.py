@@ -25,7 +25,7 @@ class EvalSet:
 
 def get_tokenizer(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
                   workdir: str) -> tokenizer_lib.TokenizerBase:
-  """The workdir's SentencePiece model(s), trained on a capped sample of the train split if absent."""
+  """The workdir's SentencePiece model(s), trained on a capped train-split sample if absent."""
   train = datasets.load_split(builder, config.data, config.data.train_split)
   return tokenizer_lib.load_or_train(
       workdir,

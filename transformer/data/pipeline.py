@@ -57,10 +57,10 @@ def pack(dataset: tf.data.Dataset, length: int, bins: int = 16,
 
   `inputs_length` (default `length`) sets a different row length for the source side: sources
   are systematically shorter or longer than targets in most corpora, and matching the row
-  lengths to that ratio keeps both sides full. A pair goes into the first open row where both of its sides still fit. When none has room,
-  the fullest open row is emitted and a new row starts in its place. Pairs must be at most
-  `length` long (filter first). The rows still open when a finite dataset ends are not emitted,
-  which suits repeated training streams.
+  lengths to that ratio keeps both sides full. A pair goes into the first open row where both
+  of its sides still fit. When none has room, the fullest open row is emitted and a new row
+  starts in its place. Pairs must be at most `length` long (filter first). The rows still open
+  when a finite dataset ends are not emitted, which suits repeated training streams.
   """
   lengths = {"inputs": inputs_length or length, "targets": length}
   keys = [f"{feature}{suffix}" for feature in FEATURES

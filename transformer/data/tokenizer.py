@@ -198,7 +198,8 @@ def train(texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
       sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
       user_defined_symbols=symbols,
       model_type=model_type, character_coverage=character_coverage,
-      byte_fallback=byte_fallback, normalization_rule_name=normalization, pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+      byte_fallback=byte_fallback, normalization_rule_name=normalization, pad_id=PAD_ID,
+      eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
       hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2)
   return Tokenizer(model.getvalue())
 
