@@ -41,7 +41,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from transformer.logged_time import cumulative_seconds, read_metrics  # noqa: E402
+from transformer.logged_time import cumulative_seconds  # noqa: E402
+from transformer import workdir as workdir_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -82,14 +83,6 @@ def training_minutes(records: list[dict[str, Any]]) -> dict[int, float]:
 def training_seconds(records: list[dict[str, Any]]) -> float:
   """Training wall seconds: the logged steps and validation passes (start-up excluded)."""
   return max(cumulative_seconds(records).values())
-
-
-def newest_evaluation(workdir: str) -> dict[str, Any]:
-  """The result `--mode=evaluate` wrote last (`WORKDIR/eval/*.json`)."""
-  directory = os.path.join(workdir, "eval")
-  paths = [os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".json")]
-  with open(max(paths, key=os.path.getmtime), encoding="utf-8") as handle:
-    return json.load(handle)
 
 
 def plot_learning_curve(records: list[dict[str, Any]], title: str, path: str) -> None:
@@ -151,7 +144,7 @@ def evaluate(common: list[str], workdir: str, directory: str, flags: list[str]
   """`--mode=evaluate` of WORKDIR/DIRECTORY with `flags`; returns the result it wrote."""
   run_phase([*common, "--mode=evaluate", f"--checkpoint_dir={os.path.join(workdir, directory)}",
              *flags])
-  result = newest_evaluation(workdir)
+  result = workdir_lib.newest_evaluation(workdir)
   if os.path.basename(os.path.normpath(result["checkpoint"])) != directory:
     raise SystemExit(f"error: expected an evaluation of {directory}, found {result['checkpoint']}")
   return result
@@ -159,7 +152,7 @@ def evaluate(common: list[str], workdir: str, directory: str, flags: list[str]
 
 def kept_steps(workdir: str) -> list[int]:
   """The steps of the training checkpoints WORKDIR/checkpoints holds, in order."""
-  directory = os.path.join(workdir, "checkpoints")
+  directory = workdir_lib.checkpoints(workdir)
   names = os.listdir(directory) if os.path.isdir(directory) else []
   return sorted(int(name) for name in names if name.isdigit())
 
@@ -203,13 +196,6 @@ def tune_on_validation(common: list[str], workdir: str, split: str, until: int =
   return sorted(grid, key=lambda g: -g["val_bleu"])
 
 
-def run_provenance(workdir: str) -> dict[str, Any]:
-  """The trained run's commit, versions, seed and full config (`WORKDIR/provenance.json`), so a
-  result names the recipe that produced it even when it was set by editing a config file."""
-  with open(os.path.join(workdir, "provenance.json"), encoding="utf-8") as handle:
-    return json.load(handle)
-
-
 def write_probe(task: str, workdir: str, flags: list[str], grids: dict[str, list[dict[str, Any]]],
                 timing: dict[str, float], greedy: dict[str, Any], last_step: int) -> None:
   """Writes a `--tune_only` probe's validation results and prints them."""
@@ -217,7 +203,8 @@ def write_probe(task: str, workdir: str, flags: list[str], grids: dict[str, list
   os.makedirs(directory, exist_ok=True)
   name = os.path.basename(os.path.normpath(workdir))
   with open(os.path.join(directory, f"{task}.{name}.json"), "w", encoding="utf-8") as out:
-    json.dump({"task": task, "workdir": name, "flags": flags, "run": run_provenance(workdir),
+    json.dump({"task": task, "workdir": name, "flags": flags,
+               "run": workdir_lib.read_provenance(workdir),
                "validation_grids": grids,
                "validation_greedy": {k: greedy[k] for k in ("bleu", "sentences", "outputs")},
                "seconds": timing, "steps": last_step}, out, indent=2)
@@ -286,7 +273,7 @@ def main() -> None:
   if not args.skip_training:
     # The test split is decoded below, after averaging.
     timing["training"] = run_phase([*common, "--config.train.test_at_end=false"])
-  records = read_metrics(workdir)
+  records = workdir_lib.read_metrics(workdir)
   timing["training (steps and validation passes)"] = training_seconds(records)
   mark = budget_step(records, kept_steps(workdir), args.budget_minutes)
   within = f"within {args.budget_minutes:g} minutes"
@@ -316,7 +303,7 @@ def main() -> None:
                       os.path.join(RESULTS, f"quality_{args.task}.png"))
   with open(os.path.join(RESULTS, f"quality_{args.task}.json"), "w", encoding="utf-8") as out:
     json.dump({"task": args.task, "config": config_file, "flags": config_flags,
-               "run": run_provenance(workdir),
+               "run": workdir_lib.read_provenance(workdir),
                "budget_minutes": args.budget_minutes, "budget_step": mark,
                "validation_grids": grids,
                "results": rows, "seconds": timing,

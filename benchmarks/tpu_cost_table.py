@@ -44,7 +44,7 @@ import ml_collections  # noqa: E402
 
 import step_options  # noqa: E402  (benchmarks/, beside this file)
 from experiments.configs import wmt14_base, wmt14_big  # noqa: E402
-from transformer import flops, provenance, steps, tpu_slices  # noqa: E402
+from transformer import flops, provenance, steps, tpu_slices, workdir  # noqa: E402
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tpu_compile")
 
@@ -124,9 +124,7 @@ def cached(path: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
   start = time.perf_counter()
   result = compute()
   result["compile_seconds"] = time.perf_counter() - start
-  with open(path + ".tmp", "w", encoding="utf-8") as handle:
-    json.dump(result, handle, indent=2)
-  os.replace(path + ".tmp", path)
+  workdir.write_atomically(path, json.dumps(result, indent=2))
   return result
 
 
@@ -214,10 +212,7 @@ def footer(rows: list[dict[str, Any]]) -> str:
 
 
 def write(name: str, text: str) -> None:
-  path = os.path.join(OUTPUT, name)
-  with open(path + ".tmp", "w", encoding="utf-8") as handle:
-    handle.write(text)
-  os.replace(path + ".tmp", path)
+  workdir.write_atomically(os.path.join(OUTPUT, name), text)
   print(text)
 
 

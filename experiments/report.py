@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from experiments import sweep
-from transformer import logged_time
+from transformer import workdir as workdir_lib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -233,9 +233,9 @@ def validation_records(root: str, row: dict[str, Any]) -> list[dict[str, Any]]:
   if row.get("validation"):
     return row["validation"]
   workdir = os.path.join(root, row["point"])
-  if not tf.io.gfile.exists(os.path.join(workdir, "metrics.jsonl")):
+  if not tf.io.gfile.exists(workdir_lib.metrics(workdir)):
     return []
-  return sweep.validation_history(logged_time.read_metrics(workdir))
+  return sweep.validation_history(workdir_lib.read_metrics(workdir))
 
 
 def plot_curves(root: str, rows: list[dict[str, Any]], path: str,

@@ -39,6 +39,7 @@ import tensorflow as tf
 from launch.job import Job
 from transformer import config as model_config
 from transformer import logged_time
+from transformer import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = "results.jsonl"
@@ -144,7 +145,7 @@ def selected(sweep: dict[str, Any], only: set[str] | None) -> set[str] | None:
 
 def completed(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Whether a point's workdir holds the checkpoint of its final step."""
-  return tf.io.gfile.isdir(os.path.join(workdir, "checkpoints", str(config.train.num_steps)))
+  return workdir_lib.has_checkpoint(workdir, config.train.num_steps)
 
 
 def training_job(sweep: dict[str, Any], point: dict[str, Any], workdir: str) -> Job:
@@ -178,12 +179,9 @@ def train_and_finish(sweep: dict[str, Any], point: dict[str, Any], workdir: str,
 
 def final_evaluation(workdir: str) -> dict[str, Any] | None:
   """The evaluation a point's `finish` commands wrote last (`WORKDIR/eval/*.json`), if any."""
-  paths = tf.io.gfile.glob(os.path.join(workdir, "eval", "*.json"))
-  if not paths:
+  result = workdir_lib.newest_evaluation(workdir)
+  if result is None:
     return None
-  newest = max(paths, key=lambda path: tf.io.gfile.stat(path).mtime_nsec)
-  with tf.io.gfile.GFile(newest) as handle:
-    result = json.load(handle)
   return {key: result.get(key) for key in ("bleu", "chrf", "bleu_signature", "split", "sentences",
                                            "step", "checkpoint")}
 
@@ -258,11 +256,7 @@ def _exclusive(path: str) -> Iterator[None]:
 
 def _provenance(workdir: str) -> dict[str, Any]:
   """What the trainer recorded about its code and machine (WORKDIR/provenance.json)."""
-  path = os.path.join(workdir, "provenance.json")
-  if not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as handle:
-    recorded = json.load(handle)
+  recorded = workdir_lib.read_provenance(workdir) or {}
   return {key: recorded.get(key) for key in ("commit", "dirty", "versions", "device_kind",
                                              "device_count", "process_count")}
 
@@ -291,7 +285,7 @@ def summarize(point: dict[str, Any], config: ml_collections.ConfigDict, workdir:
   over), else `seconds`, this invocation's. `validation` keeps every validation record, so the
   report can draw the curves from the committed rows once the run directory is gone."""
   last: dict[str, Any] = {}
-  records = logged_time.read_metrics(workdir)
+  records = workdir_lib.read_metrics(workdir)
   for record in records:
     last.update({k: v for k, v in record.items() if k.startswith("eval_") or k == "step"})
   logged = logged_seconds(records)

@@ -27,6 +27,8 @@ import subprocess
 import sys
 
 from experiments import sweep as sweep_lib
+from launch.job import Job
+from transformer import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,9 +110,8 @@ def script(name: str, resources: Resources, output: str, command_line: str, arra
 
 def trainer_command(config: str, workdir: str, overrides: list[str]) -> list[str]:
   """One `srun` job step of the trainer on every task of the allocation."""
-  return ["srun", "--kill-on-bad-exit=1", sys.executable, "-m", "transformer.main",
-          f"--config={config}", f"--workdir={workdir}", "--multihost",
-          *(f"--config.{override}" for override in overrides)]
+  job = Job(config, workdir, tuple(overrides), ("--multihost",))
+  return ["srun", "--kill-on-bad-exit=1", *job.argv()]
 
 
 def parse_overrides(overrides: list[str]) -> list[str]:
@@ -125,12 +126,7 @@ def parse_overrides(overrides: list[str]) -> list[str]:
 def write(path: str, text: str) -> str:
   """Writes the script atomically and makes it executable; returns its path."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  temporary = f"{path}.tmp-{os.getpid()}"
-  with open(temporary, "w", encoding="utf-8") as handle:
-    handle.write(text)
-  os.chmod(temporary, 0o755)
-  os.replace(temporary, path)
-  return path
+  return workdir_lib.write_atomically(path, text, mode=0o755)
 
 
 def submit(path: str, sbatch: str = "sbatch") -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from transformer import bleu_styles, commands, decoding, evaluation, run
+from transformer import workdir as workdir_lib
 from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.corpus import DataError
 
@@ -132,7 +133,7 @@ def test_separate_vocabularies_train_evaluate_and_translate(tmp_path):
   config.tokenizer.vocabularies = "separate"
   config.train.update(dict(num_steps=10, checkpoint_every_steps=10))
   run.train_and_evaluate(config, str(tmp_path))
-  loaded = commands.load(config, commands.checkpoint_dir(str(tmp_path)))
+  loaded = commands.load(config, workdir_lib.checkpoints(str(tmp_path)))
   assert isinstance(loaded.tokenizer, tokenizer_lib.SplitTokenizer)
   assert loaded.tokenizer.vocab_size <= config.model.vocab_size
   assert commands.evaluate(config, str(tmp_path))["sentences"] == 40

@@ -29,6 +29,7 @@ from etils import epath
 
 from transformer import (flops, gpus, hlo_cost, inference, quiet_start, sharding, steps,
                          tpu_slices, training)
+from transformer import workdir as workdir_lib
 from transformer.tpu_slices import GIB, Slice
 
 MODELED = ("XLA TPU cost model (optimal_seconds, corrected for unmodeled custom calls), "
@@ -396,13 +397,10 @@ def check_fits(report: dict[str, Any]) -> None:
 
 def write_report(report: dict[str, Any], workdir: str, name: str) -> str:
   """Writes `WORKDIR/compile/NAME.json` atomically; returns its path."""
-  directory = epath.Path(workdir) / "compile"
-  directory.mkdir(parents=True, exist_ok=True)
-  path = directory / f"{name}.json"
-  temporary = directory / f"{name}.json.tmp-{os.getpid()}"
-  temporary.write_text(json.dumps(report, indent=2) + "\n")
-  temporary.rename(path)
-  return os.fspath(path)
+  directory = workdir_lib.compile_reports(workdir)
+  epath.Path(directory).mkdir(parents=True, exist_ok=True)
+  return workdir_lib.write_atomically(os.path.join(directory, f"{name}.json"),
+                                      json.dumps(report, indent=2) + "\n")
 
 
 def compile_mode(config: ml_collections.ConfigDict, workdir: str, accelerator_type: str | None

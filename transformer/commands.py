@@ -26,6 +26,7 @@ from transformer.data.corpus import DataError
 from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.tokenizer import EOS_ID, TokenizerBase
 from transformer.model import Transformer
+from transformer import workdir as workdir_lib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -41,11 +42,6 @@ class Loaded:
   tokenizer: TokenizerBase
   step: int
   mesh: Any
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """Where training writes its checkpoints."""
-  return os.path.join(workdir, "checkpoints")
 
 
 def load(config: ml_collections.ConfigDict, directory: str, step: int | None = None) -> Loaded:
@@ -89,7 +85,7 @@ def _file_eval_set(config: ml_collections.ConfigDict, tokenizer: TokenizerBase) 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | None = None
              ) -> dict[str, Any]:
   """Decodes a split (or file pair), writes the hypotheses and reports sacreBLEU and chrF."""
-  directory = directory or checkpoint_dir(workdir)
+  directory = directory or workdir_lib.checkpoints(workdir)
   extra_styles = bleu_styles.parse_list(config.eval.extra_bleu_styles,
                                         "config.eval.extra_bleu_styles")
   loaded = load(config, directory)
@@ -120,12 +116,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
   result.update(step=loaded.step, split=name, sentences=len(hypotheses), checkpoint=directory,
                 decode=dict(config.decode),
                 outputs=evaluation.output_stats(hypotheses, evaluation_set.references))
-  output_dir = os.path.join(workdir, "eval")
+  output_dir = workdir_lib.evaluations(workdir)
   tf.io.gfile.makedirs(output_dir)
   stem = os.path.join(output_dir, output_stem(tag, directory, loaded.step, config.decode,
                                               config.eval.bleu_style))
-  write_atomically(f"{stem}.hyp.txt", "".join(h + "\n" for h in hypotheses))
-  write_atomically(f"{stem}.json", json.dumps(result, indent=2) + "\n")
+  workdir_lib.write_atomically(f"{stem}.hyp.txt", "".join(h + "\n" for h in hypotheses))
+  workdir_lib.write_atomically(f"{stem}.json", json.dumps(result, indent=2) + "\n")
   return result
 
 
@@ -135,18 +131,10 @@ def output_stem(split: str, directory: str, step: int, decode: ml_collections.Co
   another decoding method (beam size and alpha included) or another BLEU style do not overwrite
   each other (CHECKPOINTS is left out for `checkpoints/`, STYLE for sacrebleu)."""
   source = os.path.basename(os.path.normpath(directory))
-  tag = "" if source == "checkpoints" else f".{source}"
+  tag = "" if source == workdir_lib.CHECKPOINTS else f".{source}"
   method = (f"beam{decode.beam_size}.alpha{decode.alpha:g}" if decode.method == "beam"
             else decode.method)
   return f"{split}{tag}.step{step}.{method}{'' if style == 'sacrebleu' else '.' + style}"
-
-
-def write_atomically(path: str, text: str) -> None:
-  """Writes a file so that it is either complete or absent."""
-  temporary = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(temporary, "w") as handle:
-    handle.write(text)
-  tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def read_lines(path: str) -> Iterator[str]:
@@ -176,7 +164,7 @@ def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
   `index<TAB>score<TAB>translation<TAB>positional scores` (log P of each token, EOS included).
   Returns the line count.
   """
-  loaded = load(config, directory or checkpoint_dir(workdir))
+  loaded = load(config, directory or workdir_lib.checkpoints(workdir))
   options = inference.DecodeOptions.from_config(loaded.config.decode)
   nbest = config.eval.nbest
   if nbest > options.num_beams:
@@ -249,7 +237,7 @@ def average(config: ml_collections.ConfigDict, workdir: str) -> str:
   replacing any earlier average, of any steps (the directory holds the latest one only);
   `--checkpoint_dir=WORKDIR/averaged` evaluates or translates with it.
   """
-  directory = checkpoint_dir(workdir)
+  directory = workdir_lib.checkpoints(workdir)
   manager = checkpointing.read_only_manager(directory)
   until = config.eval.average_until_step
   chosen = sorted(s for s in manager.all_steps() if until <= 0 or s <= until)
@@ -282,7 +270,7 @@ def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: st
 
   The decoder side is the model's own translation, so the maps show what it aligns.
   """
-  loaded = load(config, directory or checkpoint_dir(workdir))
+  loaded = load(config, directory or workdir_lib.checkpoints(workdir))
   model = Transformer(loaded.model.config.replace(attention_kernel="xla"))  # sows the weights
   tokenizer = loaded.tokenizer
   source = np.asarray(tokenizer.encode([sentence], "source"), np.int32)

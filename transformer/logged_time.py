@@ -1,4 +1,4 @@
-"""The records the trainer logs to metrics.jsonl, read back, and the job's wall time from them.
+"""The job's wall time from the records the trainer logs to metrics.jsonl (`workdir.read_metrics`).
 
 Each training record carries `interval_seconds` (the steps since the previous record) and each
 validation record `validation_seconds`; summed over a workdir's records they give the time the
@@ -9,17 +9,7 @@ the validation passes; they are read as steps / steps_per_sec, the same quantity
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
-
-import tensorflow as tf
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of `WORKDIR/metrics.jsonl`, in the order they were logged (local or gs://)."""
-  with tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl")) as handle:
-    return [json.loads(line) for line in handle if line.strip()]
 
 
 def cumulative_seconds(records: list[dict[str, Any]]) -> dict[int, float]:

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 from transformer import config as model_config
 from transformer import (aot, cli_errors, commands, describe, distributed, gpus, quiet_start,
                          run)
+from transformer import workdir as workdir_lib
 from transformer.data import datasets, inputs, stats
 from transformer.data.corpus import DataError
 
@@ -113,14 +114,8 @@ def translate_to_output(config, workdir: str) -> None:
   if _OUTPUT.value == "-":
     commands.translate(config, workdir, _INPUT.value, sys.stdout, _CHECKPOINT_DIR.value)
     return
-  temporary = f"{_OUTPUT.value}.tmp-{os.getpid()}"
-  try:
-    with open(temporary, "w", encoding="utf-8") as output:
-      commands.translate(config, workdir, _INPUT.value, output, _CHECKPOINT_DIR.value)
-    os.replace(temporary, _OUTPUT.value)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+  with workdir_lib.atomic_file(_OUTPUT.value) as output:
+    commands.translate(config, workdir, _INPUT.value, output, _CHECKPOINT_DIR.value)
 
 
 _ROUTINE_WARNINGS = ("Using custom data configuration",  # tfds, on every load of our builders

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from transformer import (checkpointing, compilation_cache, evaluation, flops, guards, inference,
                          provenance, sharding, training)
+from transformer import workdir as workdir_lib
 from transformer.data import datasets, inputs
 from transformer.data.tokenizer import TokenizerBase
 from transformer.steps import (Setup, compiled_eval_step, compiled_train_step,
@@ -37,7 +38,7 @@ class MetricsLog:
     self.is_writer = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer,
                                                        asynchronous=False)
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = workdir_lib.metrics(workdir)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     """Appends one record and writes the scalars."""
@@ -97,8 +98,8 @@ def write_provenance(workdir: str, metadata: dict) -> None:
   """`WORKDIR/provenance.json` (process 0): what sweeps copy into their results rows."""
   if jax.process_index() != 0:
     return
-  with tf.io.gfile.GFile(os.path.join(workdir, "provenance.json"), "w") as handle:
-    handle.write(json.dumps({**metadata["provenance"], "config": metadata["config"]}, indent=1))
+  workdir_lib.write_atomically(workdir_lib.provenance(workdir), json.dumps(
+      {**metadata["provenance"], "config": metadata["config"]}, indent=1))
 
 
 def report(line: str) -> None:
@@ -132,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bleu_set = inputs.eval_set(builder, config, tokenizer, config.data.eval_split, process_index,
                              process_count, max_examples=config.train.bleu_max_examples)
   manager = checkpointing.make_manager(
-      os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+      workdir_lib.checkpoints(workdir), keep=config.train.keep_checkpoints,
       save_every=config.train.checkpoint_every_steps, best_metric=config.train.best_metric,
       best_mode=config.train.best_mode)
   metadata = checkpoint_metadata(config, tokenizer)

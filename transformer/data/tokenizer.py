@@ -17,6 +17,7 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
+from transformer import workdir as workdir_lib
 from transformer.special_ids import EOS_ID, PAD_ID, UNK_ID  # noqa: F401  (re-exported)
 
 NUM_SPECIAL = 3
@@ -53,10 +54,7 @@ class TokenizerBase:
 
   def save(self, path: str) -> None:
     """Writes the model file atomically (temporary file, then rename)."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "wb") as handle:
-      handle.write(self.model_proto)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    workdir_lib.write_atomically(path, self.model_proto)
 
 
 class Tokenizer(TokenizerBase):
