@@ -402,19 +402,31 @@ def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_p
     ("--config=experiments/configs/missing.py", "error: --config: no config file "
                                                 "experiments/configs/missing.py"),
     ("--config.train.num_steps=abc", "error: flag --config.train.num_steps=abc: invalid literal"),
-    ("--config.model.dropout_rate=-0.1", "error: ModelConfig.dropout_rate must be in [0, 1)"),
     ("--config.train.label_smoothing=1.5", "error: config.train.label_smoothing must be in [0, 1)"),
-    ("--config.mesh.data=3", "error: config.mesh: data*fsdp*tensor = 3*1*1 does not match"),
-    ("--config.train.cooldown_steps=-1", "error: config.train.cooldown_steps must be in [0, "),
-    ("--config.train.bleu_max_examples=0", "error: config.train.bleu_max_examples must be "
-                                           "positive, got 0"),
 ])
 def test_bad_config_is_a_one_line_error(data_dir, tmp_path, override, message):
+  """One trainer process per kind of mistake: config keys, files, flag values, field values.
+  The other field checks raise the ValueError that the trainer prints the same way, checked
+  in-process by test_bad_config_values_name_the_field."""
   result = run_main(tmp_path, data_dir, override, "--mode=compile")
   assert result.returncode != 0
   assert message in result.stderr
   assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, \
       result.stderr
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("model", "dropout_rate", -0.1, "ModelConfig.dropout_rate must be in [0, 1)"),
+    ("mesh", "data", 3, "config.mesh: data*fsdp*tensor = 3*1*1 does not match"),
+    ("train", "cooldown_steps", -1, "config.train.cooldown_steps must be in [0, "),
+    ("train", "bleu_max_examples", 0, "config.train.bleu_max_examples must be positive, got 0"),
+])
+def test_bad_config_values_name_the_field(data_dir, section, field, value, message):
+  config = tiny_config(data_dir)
+  config[section][field] = value
+  with pytest.raises(ValueError) as raised:
+    steps.make_setup(config)
+  assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
 
 
 def test_default_output_has_no_library_start_up_noise(tmp_path):
