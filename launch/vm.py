@@ -324,17 +324,17 @@ def run_to_completion(vm: TpuVm, job: Job, printer: Callable[[str], None] = prin
       vm.start_training(job)
       restarts += 1
     elif state == READY:
-      job = vm.job_state()
-      if job.kind == "exited":
-        return job.exit_code, restarts
-      if job.kind == "none":
+      trainer = vm.job_state()
+      if trainer.kind == "exited":
+        return trainer.exit_code, restarts
+      if trainer.kind == "none":
         raise LaunchError(f"{vm.name}: no trainer was started there (use `run` first)")
       # Died without an exit code: the VM went down under it (then the next poll sees it) or
       # restarted. Twice in a row on a READY VM: start the trainer again.
-      if job.kind == "lost" and lost_before:
+      if trainer.kind == "lost" and lost_before:
         printer(f"{vm.name}: the trainer vanished without an exit code: starting it again")
         vm.start_training(job)
         restarts += 1
-      lost_before = job.kind == "lost"
+      lost_before = trainer.kind == "lost"
     time.sleep(vm.options.poll_seconds)
   raise LaunchError(f"{vm.name}: gave up after {vm.options.max_polls} polls")

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import tarfile
+import types
 
 import pytest
 
 from experiments import report
 from launch import tpu, vm as vm_lib
+from launch.job import Job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE = os.path.join(REPO, "tests", "fake_gcloud")
@@ -138,6 +140,39 @@ def test_job_state_comes_from_exit_codes_not_process_names(fake_gcloud, tmp_path
   assert vm_lib.JobState.parse("running\nexited 0\n", 2).kind == "running"
   assert vm_lib.JobState.parse("exited 0\nexited 3\n", 2) == vm_lib.JobState("exited", 3)
   assert vm_lib.JobState.parse("exited 0\n", 2).kind == "lost"  # a worker did not answer
+
+
+class ScriptedVm:
+  """A VM whose polls play a script of (VM state, trainer state) pairs; records what it starts."""
+
+  def __init__(self, script):
+    self.script, self.started, self.name = list(script), [], "scripted"
+    self.options = types.SimpleNamespace(max_polls=len(self.script), poll_seconds=0)
+    self.gcloud = types.SimpleNamespace(dry_run=False)
+    self.trainer = None
+
+  def state(self):
+    state, self.trainer = self.script.pop(0)
+    return state
+
+  def job_state(self):
+    return self.trainer
+
+  def recreate(self):
+    pass
+
+  def start_training(self, job):
+    self.started.append(job)
+
+
+def test_restarts_after_a_running_poll_start_the_same_job():
+  """A poll that reads the trainer's state must not replace the job that restarts start."""
+  job = Job("c.py", "gs://b/r", ("train.num_steps=5",), ("--mode=average",))
+  running, lost = vm_lib.JobState("running"), vm_lib.JobState("lost")
+  vm = ScriptedVm([("READY", running), ("PREEMPTED", None), ("READY", lost), ("READY", lost),
+                   ("READY", vm_lib.JobState("exited", 0))])
+  assert vm_lib.run_to_completion(vm, job, printer=lambda line: None) == (0, 2)
+  assert vm.started == [job, job, job]  # the first start, after the preemption, after "lost" x2
 
 
 def test_watch_recreates_a_preempted_vm_and_ends_when_the_trainer_exits(fake_gcloud, capsys):
