@@ -17,7 +17,7 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-import tensorflow as tf
+from etils import epath
 
 from experiments import sweep
 from transformer import workdir as workdir_lib
@@ -50,7 +50,7 @@ def read_results(root: str) -> list[dict[str, Any]]:
   `training_bleu`.
   """
   path = os.path.join(root, sweep.RESULTS)
-  if not tf.io.gfile.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f"{path}: no sweep results there")
   return [{**row, "training_bleu": row.get("eval_bleu"), "eval_bleu": row["final_eval"]["bleu"]}
           if (row.get("final_eval") or {}).get("bleu") is not None else row
@@ -233,7 +233,7 @@ def validation_records(root: str, row: dict[str, Any]) -> list[dict[str, Any]]:
   if row.get("validation"):
     return row["validation"]
   workdir = os.path.join(root, row["point"])
-  if not tf.io.gfile.exists(workdir_lib.metrics(workdir)):
+  if not epath.Path(workdir_lib.metrics(workdir)).exists():
     return []
   return sweep.validation_history(workdir_lib.read_metrics(workdir))
 
@@ -318,7 +318,7 @@ def main() -> None:
   try:
     print(write_report(args.root, args.output, args.early_root))
   except FileNotFoundError as error:  # a root without results.jsonl: the user's mistake
-    root_found = tf.io.gfile.exists(os.path.join(args.root, sweep.RESULTS))
+    root_found = epath.Path(os.path.join(args.root, sweep.RESULTS)).exists()
     flag = "--early_root" if root_found else "--root"
     parser.exit(2, f"error: {flag}: {error}\n")
 

@@ -34,7 +34,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import ml_collections
-import tensorflow as tf
+from etils import epath
 
 from launch.job import Job
 from transformer import config as model_config
@@ -216,10 +216,10 @@ LAUNCHERS: dict[str, Launcher] = {"local": subprocess_launcher, "srun": srun_lau
 def recorded_rows(root: str) -> dict[str, dict[str, Any]]:
   """Point name -> its last results row."""
   path = os.path.join(root, RESULTS)
-  if not tf.io.gfile.exists(path):
+  if not epath.Path(path).exists():
     return {}
-  with tf.io.gfile.GFile(path) as handle:
-    return {row["point"]: row for row in map(json.loads, filter(str.strip, handle))}
+  lines = epath.Path(path).read_text().splitlines()
+  return {row["point"]: row for row in map(json.loads, filter(str.strip, lines))}
 
 
 def recorded_budgets(rows: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -234,13 +234,11 @@ def finished(root: str) -> set[str]:
 
 
 def append_result(root: str, row: dict[str, Any]) -> None:
-  """Adds a row to results.jsonl (rewritten whole: gs:// has no append). A local root is locked
-  while it is rewritten: the tasks of a SLURM array finish points in separate processes."""
+  """Adds a row to results.jsonl. A local root is locked while it is written: the tasks of a
+  SLURM array finish points in separate processes."""
   path = os.path.join(root, RESULTS)
   with _exclusive(path):
-    existing = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ""
-    with tf.io.gfile.GFile(path, "w") as handle:
-      handle.write(existing + json.dumps(row) + "\n")
+    workdir_lib.append_line(path, json.dumps(row))
 
 
 @contextlib.contextmanager
@@ -320,7 +318,7 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
   sweep = with_seeds(sweep, seeds)
   configs = dict(zip((p["name"] for p in sweep["points"]), validate(sweep)))
   only = selected(sweep, only)
-  tf.io.gfile.makedirs(root)
+  epath.Path(root).mkdir(parents=True, exist_ok=True)
   budgets = {name: config.train.num_steps for name, config in configs.items()}
   earlier = recorded_rows(root)  # results.jsonl, read once
   recorded = recorded_budgets(earlier)
@@ -347,7 +345,7 @@ def run_sweep(sweep: dict[str, Any], root: str, only: set[str] | None = None,
 
   def run_point(point: dict[str, Any]) -> str:
     workdir = os.path.join(root, point["name"])
-    tf.io.gfile.makedirs(workdir)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     start = time.time()
     print(f"run {point['name']} -> {workdir}", flush=True)
     config = configs[point["name"]]

@@ -11,7 +11,5 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the [tpu] extra) is for
 
 import transformer  # noqa: E402, F401  (quiet JAX start-up with the CUDA plugin installed)
 import jax  # noqa: E402  (must come after XLA_FLAGS)
-import tensorflow as tf  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
-tf.config.set_visible_devices([], "GPU")

@@ -6,7 +6,6 @@ import threading
 
 import ml_collections
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from experiments.configs import common
@@ -34,8 +33,7 @@ def write_corpus(directory, files: dict[str, str | bytes]) -> str:
 
 
 def read_all(builder, data, split):
-  return [(ex["inputs"].decode(), ex["targets"].decode())
-          for ex in datasets.load_split(builder, data, split).as_numpy_iterator()]
+  return [(pair["inputs"], pair["targets"]) for pair in datasets.load_split(builder, data, split)]
 
 
 @pytest.mark.parametrize("n, en, de", [
@@ -86,7 +84,8 @@ def test_concurrent_preparations_take_turns(tmp_path):
     waiting.start()
     waiting.join(timeout=2.0)
     assert waiting.is_alive()  # blocked on the lock, not preparing beside us
-    datasets.make_builder(data).download_and_prepare()  # the "other process"
+    datasets.make_builder(data).download_and_prepare(  # the "other process"
+        file_format=datasets.FILE_FORMAT)
   waiting.join()
   splits = results["builder"].info.splits
   assert {s: splits[s].num_examples for s in splits} == {"train": 200, "validation": 20,
@@ -134,8 +133,8 @@ def test_multi30k(tmp_path):
   counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
   assert counts == {"train": 29000, "val": 1014, "test_2016_flickr": 1000,
                     "test_2017_flickr": 1000}
-  first = next(iter(datasets.load_split(builder, data, "val").as_numpy_iterator()))
-  assert first["inputs"].decode().startswith("A group of men")
+  first = datasets.load_split(builder, data, "val")[0]
+  assert first["inputs"].startswith("A group of men")
 
 
 def test_wmt14_newstest_and_tatoeba(tmp_path):
@@ -149,20 +148,18 @@ def test_wmt14_newstest_and_tatoeba(tmp_path):
   builder = datasets.prepare(tatoeba)
   counts = {s: builder.info.splits[s].num_examples for s in builder.info.splits}
   assert sum(counts.values()) == 29155 and counts["test"] > 1000
-  first = next(iter(datasets.load_split(builder, tatoeba, "test").as_numpy_iterator()))
-  assert any("\u4e00" <= ch <= "\u9fff" for ch in first["inputs"].decode())
+  first = datasets.load_split(builder, tatoeba, "test")[0]
+  assert any("\u4e00" <= ch <= "\u9fff" for ch in first["inputs"])
 
 
 def test_processes_read_disjoint_shards_covering_the_split(tmp_path):
   data = data_config(tmp_path)
   builder = datasets.prepare(data)
   everything = read_all(builder, data, "train")
-  shards = [[(ex["inputs"], ex["targets"]) for ex in datasets.load_split(
-      builder, data, "train", process_index=i, process_count=2).as_numpy_iterator()]
-            for i in range(2)]
+  shards = [[(pair["inputs"], pair["targets"]) for pair in datasets.load_split(
+      builder, data, "train", process_index=i, process_count=2)] for i in range(2)]
   assert not set(shards[0]) & set(shards[1])
-  assert len(shards[0]) + len(shards[1]) == len(everything)
-  assert {(s.decode(), t.decode()) for s, t in shards[0] + shards[1]} == set(everything)
+  assert shards[0] + shards[1] == everything  # contiguous shares, in file order
 
 
 @pytest.mark.parametrize("split, count, expected", [
@@ -192,23 +189,34 @@ def test_split_tags_name_the_examples_without_brackets(tmp_path):
                   "train[:10%]": "train.0-20", "validation+train[190:]": "validation+train.190-200"}
 
 
-def test_splits_are_read_without_an_in_memory_cache(tmp_path):
-  """tfds would cache a small split, and every training-iterator checkpoint would carry it."""
+def test_prepared_as_array_record_and_read_by_index(tmp_path):
   data = data_config(tmp_path)
   builder = datasets.prepare(data)
-  dataset = datasets.load_split(builder, data, "train")
-  graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())
-  operations = {node.op for node in graph.node}
-  assert "TensorSliceDataset" in operations  # the graph is the pipeline's
-  assert not any(op.startswith("CacheDataset") for op in operations), sorted(operations)
+  assert builder.info.file_format.value == "array_record"
+  assert list(pathlib.Path(builder.data_dir).glob("*.array_record-*"))
+  pairs = datasets.load_split(builder, data, "train[10:20]")
+  assert len(pairs) == 10 and pairs[3] == list(pairs)[3]
+  assert (pairs[3]["inputs"], pairs[3]["targets"]) == read_all(builder, data, "train")[13]
+
+
+def test_a_dataset_prepared_as_tfrecord_is_a_one_line_error(tmp_path):
+  # What a data_dir prepared by the tf.data pipeline looks like: the info names tfrecord.
+  data = data_config(tmp_path)
+  info_path = pathlib.Path(datasets.prepare(data).data_dir) / "dataset_info.json"
+  info_path.write_text(info_path.read_text().replace('"array_record"', '"tfrecord"'))
+  with pytest.raises(DataError, match=r"config.data.data_dir: number_words in .* was prepared "
+                     r"as tfrecord, and the pipeline reads array_record: delete that directory"):
+    datasets.prepare(data)
 
 
 def test_catalog_dataset_through_mock_data(tmp_path):
   data = data_config(tmp_path, dataset="wmt14_translate/de-en")
   with tfds.testing.mock_data(num_examples=6):
     builder = datasets.make_builder(data)
-    examples = list(datasets.load_split(builder, data, "train").as_numpy_iterator())
+    pairs = datasets.load_split(builder, data, "train")
+    examples = [pairs[i] for i in range(len(pairs))]  # (tfds' mock has no batched reads)
   assert len(examples) == 6 and set(examples[0]) == {"inputs", "targets"}
+  assert all(isinstance(text, str) for text in examples[0].values())
 
 
 # Bad input: one clear line naming the file, and nothing that looks prepared.
@@ -247,7 +255,7 @@ def test_invalid_utf8_names_file_and_line_and_leaves_nothing(tmp_path):
 def test_unknown_catalog_name(tmp_path):
   data = data_config(tmp_path, dataset="wmt15_translat/de-en")
   with pytest.raises(DataError,
-                     match=r"unknown tfds dataset 'wmt15_translat/de-en'.*list_builders"):
+                     match=r"unknown tfds dataset 'wmt15_translat/de-en' \(the catalog: https"):
     datasets.make_builder(data)
 
 

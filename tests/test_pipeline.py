@@ -1,9 +1,10 @@
 """Packing, training stream determinism and resume, evaluation batches."""
 
+import json
+
+import grain
 import numpy as np
 import pytest
-import tensorflow as tf
-from clu.data import dataset_iterator
 
 from experiments.configs import common
 from transformer.data import datasets, inputs, pipeline
@@ -20,10 +21,8 @@ def random_pairs(seed, count, max_length=9):
 
 
 def as_dataset(pairs):
-  return tf.data.Dataset.from_generator(
-      lambda: ({"inputs": s, "targets": t} for s, t in pairs),
-      output_signature={"inputs": tf.TensorSpec([None], tf.int32),
-                        "targets": tf.TensorSpec([None], tf.int32)})
+  return grain.MapDataset.source([{"inputs": s, "targets": t} for s, t in pairs]
+                                 ).to_iter_dataset()
 
 
 def unpack(row, feature):
@@ -44,7 +43,7 @@ def unpack(row, feature):
 def test_packing_keeps_every_token_once_and_never_mixes_segments(bins, inputs_length):
   pairs = random_pairs(0, 300)
   rows = list(pipeline.pack(as_dataset(pairs), length=16, bins=bins,
-                            inputs_length=inputs_length).as_numpy_iterator())
+                            inputs_length=inputs_length))
   unpacked = []
   for row in rows:
     assert row["inputs"].shape == (inputs_length or 16,) and row["targets"].shape == (16,)
@@ -52,15 +51,14 @@ def test_packing_keeps_every_token_once_and_never_mixes_segments(bins, inputs_le
     assert len(sources) == len(targets)
     unpacked += list(zip(sources, targets))
   expected = [(tuple(s), tuple(t)) for s, t in pairs]
-  if bins == 1:  # next fit keeps the order; only the last row stays open
-    assert unpacked == expected[:len(unpacked)]
-  # Every pair appears at most once, and only the pairs of the still-open rows are missing.
-  assert len(set(unpacked)) == len(unpacked) and set(unpacked) <= set(expected)
-  assert len(unpacked) >= len(expected) - bins * 16
+  if bins == 1:  # next fit keeps the order
+    assert unpacked == expected
+  # Every pair appears exactly once (a finite stream's last rows are emitted too).
+  assert sorted(unpacked) == sorted(expected)
   # The side whose row fills up first is nearly full.
   efficiency = max(np.mean([np.mean(row[f"{side}_segmentation"] > 0) for row in rows])
                    for side in ("inputs", "targets"))
-  assert efficiency > (0.85 if bins > 1 else 0.6)
+  assert efficiency > (0.8 if bins > 1 else 0.6)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +67,7 @@ def generated(tmp_path_factory):
   config = common.base_config()
   config.data = data_config(tmp_path)
   config.data.update(dict(packed_length=32, max_train_length=16, batch_size=4,
-                          eval_batch_size=8, shuffle_buffer=100))
+                          eval_batch_size=8, packing_bins=8))
   config.tokenizer.update(dict(vocab_size=100, sample_size=200))
   builder = datasets.prepare(config.data)
   tokenizer = inputs.get_tokenizer(builder, config, str(tmp_path / "workdir"))
@@ -82,8 +80,8 @@ def take(iterator, count):
 
 def test_training_batches_are_packed_and_seeded(generated):
   config, builder, tokenizer = generated
-  stream = lambda seed: inputs.train_dataset(builder, config.copy_and_resolve_references(),
-                                             tokenizer).as_numpy_iterator()
+  stream = lambda seed: iter(inputs.train_dataset(builder, config.copy_and_resolve_references(),
+                                                  tokenizer))
   first = take(stream(0), 3)
   assert first[0]["inputs"].shape == (4, 32)
   assert set(first[0]) == {"inputs", "targets", "inputs_segmentation", "targets_segmentation",
@@ -97,19 +95,51 @@ def test_training_batches_are_packed_and_seeded(generated):
   assert not np.array_equal(other[0]["inputs"], first[0]["inputs"])
 
 
-def test_resume_continues_with_identical_batches(generated, tmp_path):
+def assert_same_batches(expected, got):
+  assert len(expected) == len(got)
+  for want, have in zip(expected, got):
+    assert set(want) == set(have)
+    for key in want:
+      np.testing.assert_array_equal(want[key], have[key])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_with_identical_batches_from_a_tiny_position(generated, workers):
   config, builder, tokenizer = generated
-  make = lambda: dataset_iterator.TfDatasetIterator(
-      inputs.train_dataset(builder, config, tokenizer), checkpoint=True)
-  uninterrupted = take(make(), 12)
+  config = config.copy_and_resolve_references()
+  config.data.workers = workers
+  make = lambda: inputs.TrainStream(builder, config, tokenizer)
+  uninterrupted = take(make(), 40)  # several epochs of the 200 pairs
   interrupted = make()
-  take(interrupted, 5)
-  interrupted.save(tmp_path / "iterator")
+  take(interrupted, 17)
+  position = json.loads(json.dumps(interrupted.position()))  # what a checkpoint stores
+  assert position["process_count"] == 1 and position["workers"] == workers
+  assert len(json.dumps(position)) < 2000  # bytes, not a shuffle buffer's megabytes
   resumed = make()
-  resumed.restore(tmp_path / "iterator")
-  for expected, got in zip(uninterrupted[5:], take(resumed, 7)):
-    for key in expected:
-      np.testing.assert_array_equal(expected[key], got[key])
+  assert resumed.resume(position, step=17) is None
+  assert_same_batches(uninterrupted[17:], take(resumed, 23))
+
+
+def test_resume_on_another_layout_warns_and_starts_a_fresh_stream(generated):
+  config, builder, tokenizer = generated
+  interrupted = inputs.TrainStream(builder, config, tokenizer)
+  take(interrupted, 5)
+  position = interrupted.position()
+  continued = take(interrupted, 3)
+  for saved, why in [({**position, "process_count": 2}, "with 2 processes x 0 input workers"),
+                     ({**position, "workers": 4}, "with 1 processes x 4 input workers"),
+                     (None, "holds no input position")]:
+    resumed = inputs.TrainStream(builder, config, tokenizer)
+    warning = resumed.resume(saved, step=5)
+    assert warning.startswith("warning: the checkpoint at step 5") and why in warning
+    assert "fresh input stream seeded by step 5" in warning
+    fresh = take(resumed, 3)
+    assert not np.array_equal(fresh[0]["targets"], continued[0]["targets"])
+    from_start = take(inputs.TrainStream(builder, config, tokenizer), 1)
+    assert not np.array_equal(fresh[0]["targets"], from_start[0]["targets"])  # no repeated prefix
+    again = inputs.TrainStream(builder, config, tokenizer)
+    again.resume(saved, step=5)
+    assert_same_batches(fresh, take(again, 3))  # the fresh stream is seeded, so reproducible
 
 
 def test_evaluation_batches_keep_every_example(generated):
@@ -134,8 +164,8 @@ def test_evaluation_batches_keep_every_example(generated):
 
 def test_evaluation_subset_is_the_same_for_every_process_count(generated):
   config, builder, tokenizer = generated
-  first_seven = [ex["inputs"].decode() for ex in
-                 datasets.load_split(builder, config.data, "validation").as_numpy_iterator()][:7]
+  first_seven = [pair["inputs"] for pair in
+                 datasets.load_split(builder, config.data, "validation")][:7]
   alone = inputs.eval_set(builder, config, tokenizer, "validation", max_examples=7)
   assert sorted(alone.sources) == sorted(first_seven)
   for process_count in (2, 3):
@@ -149,12 +179,12 @@ def test_separate_vocabularies_encode_each_side_with_its_own_model(tmp_path):
   config = common.base_config()
   config.data = data_config(tmp_path)
   config.data.update(dict(packed_length=32, max_train_length=16, batch_size=4,
-                          eval_batch_size=8, shuffle_buffer=100))
+                          eval_batch_size=8, packing_bins=8))
   config.tokenizer.update(dict(vocab_size=120, sample_size=200, vocabularies="separate"))
   builder = datasets.prepare(config.data)
   tokenizer = inputs.get_tokenizer(builder, config, str(tmp_path / "workdir"))
   boundary = tokenizer.source.vocab_size
-  batch = next(inputs.train_dataset(builder, config, tokenizer).as_numpy_iterator())
+  batch = next(iter(inputs.train_dataset(builder, config, tokenizer)))
   real = lambda ids: ids[ids >= 3]  # no padding, EOS or unknown
   assert real(batch["inputs"]).max() < boundary <= real(batch["targets"]).min()
   evaluation = inputs.eval_set(builder, config, tokenizer, "validation")
@@ -176,5 +206,5 @@ def test_evaluation_batches_same_count_on_every_process(generated):
 def test_max_length_must_fit_the_packed_row(generated):
   config, builder, tokenizer = generated
   with pytest.raises(ValueError, match=r"max_train_length \(40\) must not exceed"):
-    pipeline.training_dataset(tf.data.Dataset.range(1), tokenizer, max_length=40,
-                              packed_length=32, batch_size=2, shuffle_buffer=1, seed=0)
+    pipeline.training_dataset([{"inputs": "a", "targets": "b"}], tokenizer, max_length=40,
+                              packed_length=32, batch_size=2, seed=0, packing_bins=1)

@@ -204,28 +204,18 @@ def test_restore_onto_a_different_mesh(data_dir, tmp_path):
   state = steps.initial_state(saved_setup)
   manager = checkpointing.make_manager(str(tmp_path), keep=2, save_every=1,
                                        best_metric="eval_loss", best_mode="min")
-  iterator = _FakeIterator()
-  checkpointing.save(manager, 1, state, iterator, {"note": "x"}, force=True)
+  position = {"process_count": 1, "workers": 0, "grain": {"next_index": 7}}
+  checkpointing.save(manager, 1, state, position, {"note": "x"}, force=True)
   manager.wait_until_finished()
   config.mesh.update(dict(data=2, fsdp=4, tensor=1))
   restored_setup = steps.make_setup(config)
-  restored, metadata = checkpointing.restore(manager, 1, restored_setup.abstract_state,
-                                             _FakeIterator())
+  restored, metadata = checkpointing.restore(manager, 1, restored_setup.abstract_state)
   assert metadata == {"note": "x"}
+  assert checkpointing.restore_position(manager, 1) == position
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                state, restored)
   kernel = restored.params["decoder"]["layers"]["layer_0"]["feed_forward"]["wi"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-
-
-class _FakeIterator:
-  """Stands in for the data iterator in checkpoint-only tests."""
-
-  def save(self, path):
-    path.write_text("position")
-
-  def restore(self, path):
-    assert path.read_text() == "position"
 
 
 # The loop, run as users run it: `python -m transformer.main` in a subprocess.
@@ -376,9 +366,8 @@ def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_p
                                        best_metric="eval_loss", best_mode="min")
   builder, tokenizer = run.prepare_inputs(config, str(tmp_path))
   setup = steps.make_setup(config, tokenizer.vocab_size)
-  iterator = run.dataset_iterator.TfDatasetIterator(
-      run.inputs.train_dataset(builder, config, tokenizer), checkpoint=True)
-  state, metadata = checkpointing.restore(manager, 10, setup.abstract_state, iterator)
+  state, metadata = checkpointing.restore(manager, 10, setup.abstract_state)
+  position = checkpointing.restore_position(manager, 10)
   head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                         text=True).stdout.strip()
   recorded = metadata["provenance"]  # every checkpoint says where it came from
@@ -387,7 +376,7 @@ def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_p
   assert recorded["device_kind"] == "cpu" and recorded["device_count"] == 1
   assert json.loads((tmp_path / "provenance.json").read_text())["commit"] == head
   state = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
-  checkpointing.save(manager, 11, state, iterator, metadata, force=True)
+  checkpointing.save(manager, 11, state, position, metadata, force=True)
   manager.wait_until_finished()
   result = run_main(tmp_path, data_dir, "--config.train.num_steps=12")
   assert result.returncode != 0 and "Traceback" not in result.stderr

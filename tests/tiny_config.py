@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = smoke.get_config()
   config.data.generated.update(dict(train_size=2000, validation_size=40, test_size=40))
   config.data.update(dict(batch_size=16, packed_length=32, max_train_length=32,
-                          eval_batch_size=16, shuffle_buffer=500))
+                          eval_batch_size=16))
   config.model.update(dict(d_model=32, d_ff=64, vocab_size=128))
   config.tokenizer.update(dict(vocab_size=128, sample_size=2000))
   config.train.update(dict(num_steps=20, warmup_steps=10, log_every_steps=1,

@@ -1,14 +1,15 @@
 """Orbax checkpoints: train state, data-iterator position, config and tokenizer in each step.
 
-Saves are asynchronous (the train state is written in the background; the tf.data iterator is
-saved synchronously, as it must be). Orbax writes each step into a temporary directory and
-renames it when complete, so an interrupted save is never restored.
+Saves are asynchronous (the train state is written in the background; each process's input
+position, a few hundred bytes of JSON, synchronously). Orbax writes each step into a temporary
+directory and renames it when complete, so an interrupted save is never restored.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -20,33 +21,36 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 STATE, ITERATOR, METADATA = "state", "data_iterator", "metadata"
 
 
-class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves each process's tf.data iterator (clu `TfDatasetIterator`) in its own file."""
+class DataPositionHandler(ocp.CheckpointHandler):
+  """Saves each process's input-stream position (a small JSON dict) in its own file."""
 
-  def save(self, directory: epath.Path, args: "DataIteratorSave") -> None:
-    """Writes this process's iterator state."""
-    args.iterator.save(directory / f"process_{jax.process_index()}")
+  def save(self, directory: epath.Path, args: "DataPositionSave") -> None:
+    """Writes this process's position."""
+    _position_file(directory).write_text(json.dumps(args.position))
 
-  def restore(self, directory: epath.Path, args: "DataIteratorRestore") -> Any:
-    """Moves the given iterator to the saved position and returns it."""
-    args.iterator.restore(directory / f"process_{jax.process_index()}")
-    return args.iterator
+  def restore(self, directory: epath.Path, args: "DataPositionRestore") -> Any:
+    """This process's saved position, or None when the checkpoint has none for it (written by
+    fewer processes, or by the tf.data pipeline of earlier versions)."""
+    path = _position_file(directory)
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+def _position_file(directory: epath.Path) -> epath.Path:
+  return directory / f"process_{jax.process_index()}.json"
+
+
+@ocp.args.register_with_handler(DataPositionHandler, for_save=True)
 @dataclasses.dataclass
-class DataIteratorSave(ocp.args.CheckpointArgs):
-  """Orbax argument: the iterator to save."""
+class DataPositionSave(ocp.args.CheckpointArgs):
+  """Orbax argument: the position to save."""
 
-  iterator: Any
+  position: dict[str, Any]
 
 
-@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@ocp.args.register_with_handler(DataPositionHandler, for_restore=True)
 @dataclasses.dataclass
-class DataIteratorRestore(ocp.args.CheckpointArgs):
-  """Orbax argument: the iterator to restore into."""
-
-  iterator: Any
+class DataPositionRestore(ocp.args.CheckpointArgs):
+  """Orbax argument: restore this process's position."""
 
 
 def checkpoint_path(directory: str) -> epath.Path:
@@ -79,26 +83,31 @@ def read_only_manager(directory: str) -> ocp.CheckpointManager:
                                item_names=(STATE, ITERATOR, METADATA))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, iterator: Any,
+def save(manager: ocp.CheckpointManager, step: int, state: Any, position: dict[str, Any],
          metadata: dict[str, Any], metrics: dict[str, float] | None = None,
          force: bool = False) -> bool:
-  """Starts saving `step` (asynchronously); returns whether a save was started."""
+  """Starts saving `step` (asynchronously) with this process's input `position`; returns
+  whether a save was started."""
   args = ocp.args.Composite(**{
       STATE: ocp.args.StandardSave(state),
-      ITERATOR: DataIteratorSave(iterator),
+      ITERATOR: DataPositionSave(position),
       METADATA: ocp.args.JsonSave(metadata),
   })
   return manager.save(step, args=args, metrics=metrics, force=force)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-            iterator: Any | None = None) -> tuple[Any, dict[str, Any]]:
-  """Restores the state onto `abstract_state`'s shardings (any mesh) and the iterator position."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any
+            ) -> tuple[Any, dict[str, Any]]:
+  """Restores the state onto `abstract_state`'s shardings (any mesh) and the metadata."""
   items = {STATE: ocp.args.StandardRestore(abstract_state), METADATA: ocp.args.JsonRestore()}
-  if iterator is not None:
-    items[ITERATOR] = DataIteratorRestore(iterator)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored[STATE], restored[METADATA]
+
+
+def restore_position(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+  """This process's input position saved with `step` (None if the checkpoint has none)."""
+  restored = manager.restore(step, args=ocp.args.Composite(**{ITERATOR: DataPositionRestore()}))
+  return restored[ITERATOR]
 
 
 def restore_metadata(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import matplotlib
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow as tf
+from etils import epath
 
 from transformer import bleu_styles, checkpointing, evaluation, inference, sharding, steps
 from transformer.data import datasets, inputs, pipeline
@@ -46,7 +46,7 @@ class Loaded:
 
 def load(config: ml_collections.ConfigDict, directory: str, step: int | None = None) -> Loaded:
   """Restores parameters, config and tokenizer from `directory` (latest step by default)."""
-  if not tf.io.gfile.isdir(directory):
+  if not epath.Path(directory).is_dir():
     raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
                             f"`python -m transformer.main --config=... --workdir=...`")
   manager = checkpointing.read_only_manager(directory)
@@ -75,9 +75,10 @@ def _file_eval_set(config: ml_collections.ConfigDict, tokenizer: TokenizerBase) 
   if len(sources) != len(references):
     raise DataError(f"{config.eval.source_file} has {len(sources)} lines but "
                     f"{config.eval.reference_file} has {len(references)}")
-  dataset = tf.data.Dataset.from_tensor_slices({"inputs": sources, "targets": references})
+  pairs = [{"inputs": source, "targets": reference}
+           for source, reference in zip(sources, references)]
   batches, sources, references = pipeline.evaluation_batches(
-      dataset, tokenizer, batch_size=config.data.eval_batch_size,
+      pairs, tokenizer, batch_size=config.data.eval_batch_size,
       max_length=config.data.max_eval_length)
   return inputs.EvalSet(batches, sources, references)
 
@@ -117,7 +118,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
                 decode=dict(config.decode),
                 outputs=evaluation.output_stats(hypotheses, evaluation_set.references))
   output_dir = workdir_lib.evaluations(workdir)
-  tf.io.gfile.makedirs(output_dir)
+  epath.Path(output_dir).mkdir(parents=True, exist_ok=True)
   stem = os.path.join(output_dir, output_stem(tag, directory, loaded.step, config.decode,
                                               config.eval.bleu_style))
   workdir_lib.write_atomically(f"{stem}.hyp.txt", "".join(h + "\n" for h in hypotheses))

@@ -14,8 +14,8 @@ from typing import Any
 import jax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "libtpu", "tensorflow-cpu",
-            "tensorflow-datasets", "sentencepiece", "sacrebleu")
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "libtpu", "grain",
+            "array-record", "tensorflow-datasets", "sentencepiece", "sacrebleu")
 
 
 def _git(*args: str) -> str | None:

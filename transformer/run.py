@@ -15,10 +15,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import tensorflow as tf
+import tensorboardX
 from absl import logging
-from clu import metric_writers
-from clu.data import dataset_iterator
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -32,25 +31,25 @@ from transformer.steps import (Setup, compiled_eval_step, compiled_train_step,
                                prng_impl, schedule_fields)
 
 class MetricsLog:
-  """JSONL file plus TensorBoard summaries (written by process 0 only)."""
+  """JSONL file plus TensorBoard summaries (tensorboardX; written by process 0 only)."""
 
   def __init__(self, workdir: str):
     self.is_writer = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_writer,
-                                                       asynchronous=False)
+    self.writer = tensorboardX.SummaryWriter(workdir) if self.is_writer else None
     self.path = workdir_lib.metrics(workdir)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     """Appends one record and writes the scalars."""
-    self.writer.write_scalars(step, metrics)
-    if self.is_writer:
-      with tf.io.gfile.GFile(self.path, "a") as handle:
-        handle.write(json.dumps({"step": step, **metrics}) + "\n")
+    if self.writer is None:
+      return
+    for name, value in metrics.items():
+      self.writer.add_scalar(name, value, step)
+    workdir_lib.append_line(self.path, json.dumps({"step": step, **metrics}))
 
   def close(self) -> None:
     """Flushes the summaries."""
-    self.writer.flush()
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.close()
 
 
 def evaluate(eval_step, params: Any, evaluation: inputs.EvalSet, mesh: Mesh) -> dict[str, float]:
@@ -120,14 +119,12 @@ def progress_line(step: int, total: int, metrics: dict[str, float], elapsed: flo
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config.train.num_steps` updates (resuming if possible); returns the last metrics."""
-  tf.io.gfile.makedirs(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   compilation_cache.enable(config, workdir)
   builder, tokenizer = prepare_inputs(config, workdir)
   setup = make_setup(config, tokenizer.vocab_size)
   process_index, process_count = jax.process_index(), jax.process_count()
-  train_iterator = dataset_iterator.TfDatasetIterator(
-      inputs.train_dataset(builder, config, tokenizer, process_index, process_count),
-      checkpoint=True)
+  stream = inputs.TrainStream(builder, config, tokenizer, process_index, process_count)
   evaluation = inputs.eval_set(builder, config, tokenizer, config.data.eval_split, process_index,
                                process_count, max_examples=config.train.eval_max_examples)
   bleu_set = inputs.eval_set(builder, config, tokenizer, config.data.eval_split, process_index,
@@ -140,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   write_provenance(workdir, metadata)
   latest = manager.latest_step()
   if latest is not None:
-    state, saved = checkpointing.restore(manager, latest, setup.abstract_state, train_iterator)
+    state, saved = checkpointing.restore(manager, latest, setup.abstract_state)
     conflict = training.cooldown_conflict(schedule_fields(saved["config"]["train"]),
                                           schedule_fields(config.train), latest)
     if conflict:
@@ -150,6 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                "NaN or infinite parameters; delete that step's directory to "
                                "resume from an earlier one")
     report(f"resumed from the checkpoint at step {latest}")
+    warning = stream.resume(checkpointing.restore_position(manager, latest), latest)
+    if warning:
+      report(warning)
   else:
     state = initial_state(setup)
 
@@ -160,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
            f"the {setup.mesh.size} devices")
   train_step = compiled_train_step(setup, config)
   eval_step = compiled_eval_step(setup, config)
-  first_batch = sharding.global_batch(next(train_iterator), setup.mesh)
+  first_batch = sharding.global_batch(next(stream), setup.mesh)
   hits_before = compilation_cache.hits()
   compiled = train_step.lower(state, first_batch).compile()
   if compilation_cache.hits() > hits_before:
@@ -234,14 +234,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         guards.check_finite_parameters(state.params, step, manager.latest_step())
         ranked = eval_metrics if eval_metrics and config.train.best_metric in eval_metrics \
             else None  # e.g. no BLEU at this evaluation: not a candidate for "best"
-        checkpointing.save(manager, step, state, train_iterator, metadata, metrics=ranked,
+        checkpointing.save(manager, step, state, stream.position(), metadata, metrics=ranked,
                            force=True)
       if stop:
         report("stop signal (SIGTERM or SIGUSR1) received: saved a checkpoint at step "
                f"{step}, exiting")
         break
       if not last_step:
-        batch = sharding.global_batch(next(train_iterator), setup.mesh)
+        batch = sharding.global_batch(next(stream), setup.mesh)
     if step == num_steps and config.train.test_at_end:
       test_set = inputs.eval_set(builder, config, tokenizer, config.data.test_split,
                                  process_index, process_count)

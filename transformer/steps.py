@@ -92,9 +92,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.train.prng_impl must be one of {', '.join(training.PRNG_IMPLS)}, "
                      f"got {prng_impl(config)!r}")
   for name in ("batch_size", "eval_batch_size", "packed_length", "max_train_length",
-               "max_eval_length", "shuffle_buffer"):
+               "max_eval_length", "packing_bins"):
     if config.data[name] <= 0:
       raise ValueError(f"config.data.{name} must be positive, got {config.data[name]}")
+  if config.data.workers < 0:
+    raise ValueError(f"config.data.workers must be 0 or more, got {config.data.workers}")
 
 
 def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,

@@ -112,3 +112,14 @@ def write_atomically(path: str, data: str | bytes, mode: int | None = None) -> s
   with atomic_file(path, binary=isinstance(data, bytes), mode=mode) as handle:
     handle.write(data)
   return path
+
+
+def append_line(path: str, line: str) -> None:
+  """Adds `line` (and a newline) to a text file. Object stores (`gs://`) have no append: the
+  file is rewritten whole, atomically (fine for logs of thousands of lines)."""
+  if "://" not in path:
+    with open(path, "a", encoding="utf-8") as handle:
+      handle.write(line + "\n")
+    return
+  existing = epath.Path(path).read_text() if epath.Path(path).exists() else ""
+  write_atomically(path, existing + line + "\n")

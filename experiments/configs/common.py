@@ -61,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
       packed_inputs_length=0,  # source-side row length (0 = packed_length); match the corpus
       batch_size=64,  # packed rows per global batch (tokens = rows * packed_length)
       eval_batch_size=64,  # sentences per global evaluation batch
-      shuffle_buffer=50_000,  # text pairs
+      packing_bins=1024,  # rows packed at once (first fit; more bins, fuller rows)
+      workers=0,  # Grain worker processes for tokenizing and packing (0: in the trainer)
   ))
 
   config.tokenizer = ml_collections.ConfigDict(dict(

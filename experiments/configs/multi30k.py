@@ -29,8 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
       eval_split="val", test_split="test_2016_flickr", max_train_length=64,
       max_eval_length=128, packed_length=128,
       packed_inputs_length=124,  # Multi30k sources are ~3% shorter than targets
-      batch_size=16, eval_batch_size=64,
-      shuffle_buffer=30_000))
+      batch_size=16, eval_batch_size=64))
   config.tokenizer.update(dict(vocab_size=8000, sample_size=29_000))
   # 16 packed rows of 128 tokens (2,048 per side, as 8 x 256 was): attention over shorter rows
   # wastes less work on masked pairs across packed sentences, 1.11x the steps/s of 8 x 256

@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
   config.data.generated.update(dict(train_size=20_000, validation_size=500, test_size=500))
   config.data.update(dict(max_train_length=64, max_eval_length=96, packed_length=128,
-                          batch_size=16, eval_batch_size=100, shuffle_buffer=20_000))
+                          batch_size=16, eval_batch_size=100))
   config.tokenizer.update(dict(vocab_size=128, sample_size=20_000))
   config.train.update(dict(num_steps=1500, warmup_steps=200, log_every_steps=100,
                            eval_every_steps=500, checkpoint_every_steps=500,

@@ -35,7 +35,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
       source_lang="en", target_lang="de", eval_split="validation", test_split="test",
       max_train_length=256, max_eval_length=256, packed_length=256,
       batch_size=96,  # 96 rows x 256 = 24,576 tokens per side (Sec. 5.1: ~25,000)
-      eval_batch_size=256, shuffle_buffer=200_000))
+      eval_batch_size=256,
+      workers=16))  # Grain processes per host: see benchmarks/README.md, input pipeline
   config.tokenizer.update(dict(vocab_size=37000, model_type="bpe", sample_size=2_000_000))
   config.train.update(dict(
       num_steps=100_000, warmup_steps=4000, label_smoothing=0.1, log_every_steps=100,

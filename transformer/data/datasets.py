@@ -1,7 +1,8 @@
 """Datasets by name: the tfds catalog, our `parallel_text` builder and the generated task.
 
-Every dataset comes out as `{"inputs": source text, "targets": target text}` examples, read by
-each process from its own share of the split.
+Datasets are prepared as ArrayRecord files and read through tfds data sources (random access,
+no TensorFlow). Every split comes out as `TextPairs`: `{"inputs": source text, "targets":
+target text}` examples of each process's own share, in file order.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import contextlib
 import fcntl
 import os
 import tempfile
-from typing import Iterator
+from typing import Any, Iterator
 
 import ml_collections
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from transformer.data.builders import number_words as number_words_builder
@@ -22,6 +22,9 @@ from transformer.data.corpus import DataError
 
 GENERATED = "number_words"
 LOCAL = "parallel_text"
+FILE_FORMAT = "array_record"
+CATALOG = "https://www.tensorflow.org/datasets/catalog/overview"
+_READ_CHUNK = 1024
 
 
 def make_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -40,10 +43,8 @@ def make_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   try:
     return tfds.builder(data.dataset, data_dir=data.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(
-        f"config.data.dataset: unknown tfds dataset '{data.dataset}'; list the catalog with "
-        "`python -c \"import tensorflow_datasets as tfds; print(tfds.list_builders())\"` or use "
-        f"'{GENERATED}' / '{LOCAL}'") from None
+    raise DataError(f"config.data.dataset: unknown tfds dataset '{data.dataset}' (the catalog: "
+                    f"{CATALOG}); or use '{GENERATED}' / '{LOCAL}'") from None
 
 
 def check_writable(data_dir: str) -> None:
@@ -76,7 +77,9 @@ def preparation_lock(dataset_directory: str) -> Iterator[None]:
 def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """Makes the builder and prepares the dataset into `data.data_dir` unless already there.
 
-  tfds writes into a temporary directory and renames it when complete, so a failed build leaves
+  Datasets are written as ArrayRecord; one prepared earlier as TFRecord (by a version of this
+  code that read it through tf.data) is a `DataError` saying how to prepare it again. tfds
+  writes into a temporary directory and renames it when complete, so a failed build leaves
   nothing that looks like a prepared dataset. On a local disk, concurrent preparations of one
   dataset wait for each other; the builder is made again under the lock so that it reads what
   another process prepared. An already prepared dataset takes neither the lock nor a second
@@ -90,12 +93,23 @@ def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     with (contextlib.nullcontext() if directory.startswith("gs://")
           else preparation_lock(directory)):
       builder = make_builder(data)
-      builder.download_and_prepare()
+      builder.download_and_prepare(file_format=FILE_FORMAT)
+  check_file_format(builder, data)
   for pair_language in (data.source_lang, data.target_lang):
     if pair_language not in builder.info.features:
       raise DataError(f"config.data.source_lang/target_lang: dataset {data.dataset} has "
                       f"languages {', '.join(builder.info.features)}, not '{pair_language}'")
   return builder
+
+
+def check_file_format(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict) -> None:
+  """A `DataError` unless the prepared files are ArrayRecord (what the data sources read)."""
+  prepared = builder.info.file_format
+  if prepared is not None and prepared.value != FILE_FORMAT:
+    raise DataError(
+        f"config.data.data_dir: {data.dataset} in {builder.data_dir} was prepared as "
+        f"{prepared.value}, and the pipeline reads {FILE_FORMAT}: delete that directory (or pick "
+        "another --config.data.data_dir) and run again to prepare it as ArrayRecord")
 
 
 def split_ranges(builder: tfds.core.DatasetBuilder, split: str) -> list[tuple[str, int, int]]:
@@ -142,9 +156,39 @@ def first_examples(builder: tfds.core.DatasetBuilder, split: str,
   return "+".join(specs), total
 
 
+class TextPairs:
+  """A split's examples as `{"inputs": source text, "targets": target text}`, by index.
+
+  Random access over the prepared ArrayRecord files (a tfds data source); picklable, so Grain's
+  worker processes can read it.
+  """
+
+  def __init__(self, source: Any, source_lang: str, target_lang: str):
+    self.source, self.source_lang, self.target_lang = source, source_lang, target_lang
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> dict[str, str]:
+    return self._pair(self.source[index])
+
+  def __iter__(self) -> Iterator[dict[str, str]]:
+    for start in range(0, len(self), _READ_CHUNK):
+      indices = range(start, min(start + _READ_CHUNK, len(self)))
+      yield from (self._pair(record) for record in self.source.__getitems__(indices))
+
+  def _pair(self, record: dict[str, bytes | str]) -> dict[str, str]:
+    return {"inputs": _text(record[self.source_lang]), "targets": _text(record[self.target_lang])}
+
+
+def _text(value: bytes | str) -> str:
+  # Text features read as bytes from the files (tfds' mock_data gives str).
+  return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
 def load_split(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict, split: str,
-               process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """This process's share of `split` as `{"inputs", "targets"}` string examples, in file order.
+               process_index: int = 0, process_count: int = 1) -> TextPairs:
+  """This process's share of `split`, in file order.
 
   Shares of different processes are disjoint and together cover the split.
   """
@@ -152,10 +196,4 @@ def load_split(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDic
     split_ranges(builder, split)  # a clear error for a split the dataset does not have
   shard = tfds.split_for_jax_process(split, process_index=process_index,
                                      process_count=process_count)
-  # No autocache: tfds would keep a small split in memory, and the training iterator's
-  # checkpoint would then carry that cache (Multi30k: 13 MB more in each, twice the size).
-  dataset = builder.as_dataset(split=shard, shuffle_files=False,
-                               read_config=tfds.ReadConfig(interleave_cycle_length=1,
-                                                           try_autocache=False))
-  return dataset.map(lambda ex: {"inputs": ex[data.source_lang], "targets": ex[data.target_lang]},
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return TextPairs(builder.as_data_source(split=shard), data.source_lang, data.target_lang)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
+import grain
 import tensorflow_datasets as tfds
 
 from transformer.data import datasets, pipeline
@@ -40,8 +42,12 @@ def get_tokenizer(builder: tfds.core.DatasetBuilder, config: ml_collections.Conf
 
 def train_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
                   tokenizer: tokenizer_lib.TokenizerBase, process_index: int = 0,
-                  process_count: int = 1) -> tf.data.Dataset:
-  """This process's endless stream of packed training batches (`batch_size` is per process)."""
+                  process_count: int = 1, reseed_at_step: int = 0) -> grain.IterDataset:
+  """This process's endless stream of packed training batches (`batch_size` is per process).
+
+  Seeded by `config.seed` and the process; `reseed_at_step` > 0 gives the stream a run starts
+  at that step when it cannot continue the saved one (see `TrainStream.resume`).
+  """
   data = config.data
   if data.batch_size % process_count:
     raise ValueError(f"config.data.batch_size ({data.batch_size}) must be divisible by the "
@@ -49,8 +55,60 @@ def train_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.Conf
   split = datasets.load_split(builder, data, data.train_split, process_index, process_count)
   return pipeline.training_dataset(
       split, tokenizer, max_length=data.max_train_length, packed_length=data.packed_length,
-      batch_size=data.batch_size // process_count, shuffle_buffer=data.shuffle_buffer,
-      seed=config.seed + process_index, packed_inputs_length=data.packed_inputs_length)
+      batch_size=data.batch_size // process_count,
+      seed=stream_seed(config.seed, process_index, reseed_at_step),
+      packing_bins=data.packing_bins, workers=data.workers,
+      packed_inputs_length=data.packed_inputs_length)
+
+
+def stream_seed(seed: int, process_index: int, reseed_at_step: int = 0) -> int:
+  """The shuffle seed of a process's stream: `seed + process_index` from the start; mixed with
+  the step for a stream started afresh mid-run."""
+  if not reseed_at_step:
+    return seed + process_index
+  return int(np.random.SeedSequence([seed, process_index, reseed_at_step]).generate_state(1)[0])
+
+
+class TrainStream:
+  """This process's training batches and their position, which checkpoints save.
+
+  The position is Grain's iterator state (a few hundred bytes of JSON) with the layout it holds
+  for: the process count and the worker count, both of which shape the stream.
+  """
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
+               tokenizer: tokenizer_lib.TokenizerBase, process_index: int = 0,
+               process_count: int = 1):
+    self._make = functools.partial(train_dataset, builder, config, tokenizer, process_index,
+                                   process_count)
+    self.layout = {"process_count": process_count, "workers": config.data.workers}
+    self.iterator = iter(self._make())
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self.iterator)
+
+  def position(self) -> dict[str, Any]:
+    """What a checkpoint saves for this process."""
+    return {**self.layout, "grain": self.iterator.get_state()}
+
+  def resume(self, saved: dict[str, Any] | None, step: int) -> str | None:
+    """Continues from a saved position; returns None, or the one-line warning of a fresh
+    stream seeded by `step` when the position is missing or was saved for another layout."""
+    if saved is not None and all(saved.get(key) == value for key, value in self.layout.items()):
+      self.iterator.set_state(saved["grain"])
+      return None
+    self.iterator = iter(self._make(reseed_at_step=step))
+    if saved is None:
+      why = "holds no input position for this process (or one of the tf.data pipeline)"
+    else:
+      why = (f"was written with {saved.get('process_count')} processes x "
+             f"{saved.get('workers')} input workers, this run has "
+             f"{self.layout['process_count']} x {self.layout['workers']}")
+    return (f"warning: the checkpoint at step {step} {why}: training continues on a fresh "
+            f"input stream seeded by step {step}, not where the saved one stopped")
 
 
 def eval_set(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,

@@ -1,5 +1,5 @@
-"""tf.data pipelines: tokenize, filter, shuffle, pack and batch for training; sorted, padded
-batches for evaluation.
+"""Grain pipelines: tokenize, filter, shuffle, pack and batch for training; sorted, padded
+batches for evaluation. NumPy and Grain only (no TensorFlow).
 
 Training batches are packed rows `[rows, length]`: several sentence pairs per row, with
 `*_segmentation` (0 = padding, 1.. = pair within the row) and `*_position` (restarting at each
@@ -8,24 +8,29 @@ pair) for the model's masks and positional encoding.
 
 from __future__ import annotations
 
-from typing import Iterator
+import dataclasses
+from typing import Any, Iterable, Iterator, Sequence
 
+import grain
 import numpy as np
-import tensorflow as tf
+from absl import flags
+from grain import experimental as grain_experimental
 
 from transformer.data.tokenizer import EOS_ID, TokenizerBase
 
 FEATURES = ("inputs", "targets")
-_TOKENIZE_BATCH = 256
+TOKENIZE_BATCH = 256
 
 
-def texts_for_tokenizer(dataset: tf.data.Dataset, max_sentences: int,
+def texts_for_tokenizer(pairs: Iterable[dict[str, str]], max_sentences: int,
                         features: tuple[str, ...] = FEATURES) -> Iterator[str]:
   """The `features` sentences (source, target or both) of the first `max_sentences` pairs (the
   tokenizer's sample)."""
-  for example in dataset.take(max_sentences).as_numpy_iterator():
+  for count, pair in enumerate(pairs):
+    if count == max_sentences:
+      return
     for feature in features:
-      yield example[feature].decode("utf-8")
+      yield pair[feature]
 
 
 def side(feature: str) -> str:
@@ -33,102 +38,111 @@ def side(feature: str) -> str:
   return "source" if feature == "inputs" else "target"
 
 
-def tokenize(dataset: tf.data.Dataset, tokenizer: TokenizerBase) -> tf.data.Dataset:
-  """Strings -> int32 token ids ending with EOS, batched through SentencePiece for speed."""
-
-  def encode(batch):
-    return {key: tokenizer.tf_encode_batch(value, side(key)) if key in FEATURES else value
-            for key, value in batch.items()}
-
-  return (dataset.batch(_TOKENIZE_BATCH)
-          .map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .unbatch())
+def encode_pairs(tokenizer: TokenizerBase, pairs: Sequence[dict[str, str]]
+                 ) -> list[dict[str, np.ndarray]]:
+  """Text pairs -> int32 token ids ending with EOS, one SentencePiece call per side."""
+  encoded = {feature: tokenizer.encode([pair[feature] for pair in pairs], side(feature))
+             for feature in FEATURES}
+  return [{feature: np.asarray(encoded[feature][i], np.int32) for feature in FEATURES}
+          for i in range(len(pairs))]
 
 
-def within_length(example: dict[str, tf.Tensor], max_length: int) -> tf.Tensor:
-  """True if both sides have at most `max_length` tokens."""
-  return tf.logical_and(tf.size(example["inputs"]) <= max_length,
-                        tf.size(example["targets"]) <= max_length)
+@dataclasses.dataclass(frozen=True)
+class EncodePairs(grain.transforms.Map):
+  """Grain step: a list of text pairs -> the list of their token ids (in a worker process)."""
+
+  tokenizer: TokenizerBase
+
+  def map(self, pairs: list[dict[str, str]]) -> list[dict[str, np.ndarray]]:
+    return encode_pairs(self.tokenizer, pairs)
 
 
-def pack(dataset: tf.data.Dataset, length: int, bins: int = 16,
-         inputs_length: int | None = None) -> tf.data.Dataset:
-  """Packs pairs into rows of `length` tokens per side (first fit over `bins` open rows).
+@dataclasses.dataclass(frozen=True)
+class Unbatch(grain_experimental.FlatMapTransform):
+  """Grain step: a list of examples -> its examples, one by one."""
+
+  max_fan_out: int = TOKENIZE_BATCH
+
+  def flat_map(self, examples: list[Any]) -> list[Any]:
+    return examples
+
+
+@dataclasses.dataclass(frozen=True)
+class WithinLength(grain.transforms.Filter):
+  """Grain step: keeps pairs whose sides both have at most `max_length` tokens."""
+
+  max_length: int
+
+  def filter(self, example: dict[str, np.ndarray]) -> bool:
+    return all(len(example[feature]) <= self.max_length for feature in FEATURES)
+
+
+def rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Grain's packed names (`*_segment_ids`, `*_positions`) -> the model's."""
+  renamed = {}
+  for feature in FEATURES:
+    renamed[feature] = row[feature].astype(np.int32)
+    renamed[f"{feature}_segmentation"] = row[f"{feature}_segment_ids"].astype(np.int32)
+    renamed[f"{feature}_position"] = row[f"{feature}_positions"].astype(np.int32)
+  return renamed
+
+
+def pack(examples: grain.IterDataset, length: int, bins: int,
+         inputs_length: int | None = None) -> grain.IterDataset:
+  """Packs pairs into rows of `length` tokens per side: Grain's first fit over `bins` rows.
 
   `inputs_length` (default `length`) sets a different row length for the source side: sources
   are systematically shorter or longer than targets in most corpora, and matching the row
-  lengths to that ratio keeps both sides full. A pair goes into the first open row where both
-  of its sides still fit. When none has room, the fullest open row is emitted and a new row
-  starts in its place. Pairs must be at most `length` long (filter first). The rows still open
-  when a finite dataset ends are not emitted, which suits repeated training streams.
+  lengths to that ratio keeps both sides full. A pair goes into the first row where both of its
+  sides still fit; when none has room, all `bins` rows are emitted and packing starts afresh.
+  Pairs must be at most `length` long (filter first).
   """
   lengths = {"inputs": inputs_length or length, "targets": length}
-  keys = [f"{feature}{suffix}" for feature in FEATURES
-          for suffix in ("", "_segmentation", "_position")]
-
-  def append(row, used, count, example):
-    new_row = dict(row)
-    for feature in FEATURES:
-      tokens = tf.cast(example[feature], tf.int32)
-      size = tf.size(tokens)
-      place = lambda values: tf.pad(values, [[used[feature],
-                                              lengths[feature] - used[feature] - size]])
-      new_row[feature] += place(tokens)
-      new_row[f"{feature}_segmentation"] += place(tf.fill([size], count + 1))
-      new_row[f"{feature}_position"] += place(tf.range(size))
-    return new_row
-
-  def step(state, example):
-    rows, used, count = state  # [bins, length] per key, [bins] per side, [bins]
-    fits = tf.reduce_all(
-        tf.stack([used[f] + tf.size(example[f]) <= lengths[f] for f in FEATURES]), axis=0)
-    any_fits = tf.reduce_any(fits)
-    fullness = used["inputs"] + used["targets"]
-    chosen = tf.where(any_fits, tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32),
-                      tf.argmax(fullness, output_type=tf.int32))
-    emitted = {key: rows[key][chosen] for key in keys}
-    keep = tf.cast(any_fits, tf.int32)  # 0: the chosen row was emitted and starts afresh
-    start_used = {f: used[f][chosen] * keep for f in FEATURES}
-    start_row = {key: rows[key][chosen] * keep for key in keys}
-    new_row = append(start_row, start_used, count[chosen] * keep, example)
-    index = [[chosen]]
-    rows = {key: tf.tensor_scatter_nd_update(rows[key], index, [new_row[key]]) for key in keys}
-    used = {f: tf.tensor_scatter_nd_update(used[f], index, [start_used[f] + tf.size(example[f])])
-            for f in FEATURES}
-    count = tf.tensor_scatter_nd_update(count, index, [count[chosen] * keep + 1])
-    emit = tf.logical_and(tf.logical_not(any_fits), emitted["inputs_segmentation"][0] > 0)
-    return (rows, used, count), (emit, emitted)
-
-  initial = ({key: tf.zeros([bins, lengths[key.split("_")[0]]], tf.int32) for key in keys},
-             {feature: tf.zeros([bins], tf.int32) for feature in FEATURES},
-             tf.zeros([bins], tf.int32))
-  return (dataset.scan(initial, step)
-          .filter(lambda emit, row: emit)
-          .map(lambda emit, row: row))
+  packed = grain_experimental.FirstFitPackIterDataset(
+      examples, length_struct=lengths, num_packing_bins=bins, shuffle_bins=False)
+  return packed.map(rename_packed)
 
 
-def training_dataset(dataset: tf.data.Dataset, tokenizer: TokenizerBase, *, max_length: int,
-                     packed_length: int, batch_size: int, shuffle_buffer: int,
-                     seed: int, packed_inputs_length: int = 0) -> tf.data.Dataset:
+def packed_rows(pairs: grain.IterDataset, tokenizer: TokenizerBase, *, max_length: int,
+                packed_length: int, packing_bins: int, packed_inputs_length: int = 0
+                ) -> grain.IterDataset:
+  """Text pairs -> packed rows: tokenized in groups of `TOKENIZE_BATCH`, pairs longer than
+  `max_length` dropped, then packed (`packed_inputs_length`, 0 = `packed_length`, is the source
+  rows' length)."""
+  tokens = pairs.batch(TOKENIZE_BATCH, batch_fn=list).map(EncodePairs(tokenizer))
+  tokens = grain_experimental.FlatMapIterDataset(tokens, Unbatch())
+  kept = tokens.filter(WithinLength(max_length))
+  return pack(kept, packed_length, packing_bins, inputs_length=packed_inputs_length or None)
+
+
+def training_dataset(pairs: Sequence[dict[str, str]], tokenizer: TokenizerBase, *,
+                     max_length: int, packed_length: int, batch_size: int, seed: int,
+                     packing_bins: int, workers: int = 0,
+                     packed_inputs_length: int = 0) -> grain.IterDataset:
   """An endless, seeded stream of packed batches `[batch_size, packed_length]`.
 
   `packed_inputs_length` (0: same as `packed_length`) is the source rows' length.
 
   Order of operations: shuffle the text pairs (seeded, reshuffled every epoch), repeat,
-  tokenize, drop pairs longer than `max_length`, pack, batch, prefetch.
+  tokenize in groups of `TOKENIZE_BATCH`, drop pairs longer than `max_length`, pack, batch.
+  With `workers` > 0 that runs in as many processes, each on its slice of the shuffled stream
+  (the batches then depend on the worker count, which checkpoints record).
   """
   if max_length > min(packed_length, packed_inputs_length or packed_length):
     raise ValueError(f"config.data.max_train_length ({max_length}) must not exceed "
                      f"config.data.packed_length ({packed_length}) or "
                      f"config.data.packed_inputs_length ({packed_inputs_length})")
-  dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  dataset = tokenize(dataset, tokenizer).filter(lambda ex: within_length(ex, max_length))
-  dataset = pack(dataset, packed_length, inputs_length=packed_inputs_length or None)
-  dataset = dataset.batch(batch_size, drop_remainder=True)
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-  return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+  if len(pairs) == 0:
+    raise ValueError("the training split is empty: nothing to train on")
+  stream = grain.MapDataset.source(pairs).shuffle(seed=seed).repeat().to_iter_dataset()
+  stream = packed_rows(stream, tokenizer, max_length=max_length, packed_length=packed_length,
+                       packing_bins=packing_bins, packed_inputs_length=packed_inputs_length)
+  stream = stream.batch(batch_size, drop_remainder=True)
+  if workers:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (defaults will do)
+      flags.FLAGS.mark_as_parsed()
+    stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return stream
 
 
 def bucket_length(length: int, max_length: int) -> int:
@@ -143,8 +157,8 @@ def _truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
   return np.append(ids[:max_length - 1], EOS_ID).astype(ids.dtype)
 
 
-def evaluation_batches(dataset: tf.data.Dataset, tokenizer: TokenizerBase, *, batch_size: int,
-                       max_length: int, num_batches: int | None = None
+def evaluation_batches(pairs: Iterable[dict[str, str]], tokenizer: TokenizerBase, *,
+                       batch_size: int, max_length: int, num_batches: int | None = None
                        ) -> tuple[list[dict[str, np.ndarray]], list[str], list[str]]:
   """Every example of a (small) split, in length-sorted, padded batches; none is dropped.
 
@@ -153,14 +167,14 @@ def evaluation_batches(dataset: tf.data.Dataset, tokenizer: TokenizerBase, *, ba
   process runs the same number of steps. Returns the batches and the source and reference texts
   in split order.
   """
-  sources, references, encoded = [], [], {feature: [] for feature in FEATURES}
-  for batch in dataset.batch(_TOKENIZE_BATCH).as_numpy_iterator():
-    sources += [text.decode("utf-8") for text in batch["inputs"]]
-    references += [text.decode("utf-8") for text in batch["targets"]]
-    for feature in FEATURES:
-      encoded[feature] += [np.asarray(ids, np.int32) for ids in
-                           tokenizer.encode([text.decode("utf-8") for text in batch[feature]],
-                                            side(feature))]
+  pairs = list(pairs)
+  sources = [pair["inputs"] for pair in pairs]
+  references = [pair["targets"] for pair in pairs]
+  encoded = {feature: [] for feature in FEATURES}
+  for start in range(0, len(pairs), TOKENIZE_BATCH):
+    for example in encode_pairs(tokenizer, pairs[start:start + TOKENIZE_BATCH]):
+      for feature in FEATURES:
+        encoded[feature].append(example[feature])
   order = sorted(range(len(sources)),
                  key=lambda i: (len(encoded["inputs"][i]), len(encoded["targets"][i])))
   batches = []

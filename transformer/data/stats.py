@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
+import grain
 import matplotlib
 import ml_collections
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from transformer.data import corpus, datasets, pipeline
@@ -17,23 +18,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
-def token_lengths(dataset: tf.data.Dataset, tokenizer: TokenizerBase) -> dict[str, np.ndarray]:
+def token_lengths(pairs: Sequence[dict[str, str]], tokenizer: TokenizerBase
+                  ) -> dict[str, np.ndarray]:
   """Tokens per sentence (EOS included) of each side."""
   lengths = {feature: [] for feature in pipeline.FEATURES}
-  for example in pipeline.tokenize(dataset, tokenizer).as_numpy_iterator():
-    for feature in pipeline.FEATURES:
-      lengths[feature].append(len(example[feature]))
-  return {feature: np.asarray(values) for feature, values in lengths.items()}
+  pairs = list(pairs)
+  for start in range(0, len(pairs), pipeline.TOKENIZE_BATCH):
+    for example in pipeline.encode_pairs(tokenizer, pairs[start:start + pipeline.TOKENIZE_BATCH]):
+      for feature in pipeline.FEATURES:
+        lengths[feature].append(len(example[feature]))
+  return {feature: np.asarray(values, np.int64) for feature, values in lengths.items()}
 
 
-def packing_efficiency(dataset: tf.data.Dataset, tokenizer: TokenizerBase, max_length: int,
-                       packed_length: int, packed_inputs_length: int = 0) -> dict[str, float]:
-  """Non-pad fraction of packed rows over one pass of the split, per side."""
-  kept = pipeline.tokenize(dataset, tokenizer).filter(
-      lambda ex: pipeline.within_length(ex, max_length))
+def packing_efficiency(pairs: Sequence[dict[str, str]], tokenizer: TokenizerBase,
+                       data: ml_collections.ConfigDict) -> dict[str, float]:
+  """Non-pad fraction of the packed rows that hold one pass over the split, per side, packed
+  as training packs them (a repeated stream, so the last bins are as full as any)."""
+  stream = grain.MapDataset.source(pairs).repeat().to_iter_dataset()
+  rows = pipeline.packed_rows(stream, tokenizer, max_length=data.max_train_length,
+                              packed_length=data.packed_length, packing_bins=data.packing_bins,
+                              packed_inputs_length=data.packed_inputs_length)
   filled = {feature: [] for feature in pipeline.FEATURES}
-  packed = pipeline.pack(kept, packed_length, inputs_length=packed_inputs_length or None)
-  for row in packed.as_numpy_iterator():
+  kept = sum(int(max(s, t) <= data.max_train_length)
+             for s, t in zip(*token_lengths(pairs, tokenizer).values()))
+  packed = 0
+  for row in rows:
+    if packed >= kept:
+      break
+    packed += int(row["targets_segmentation"].max())
     for feature in pipeline.FEATURES:
       filled[feature].append(np.mean(row[f"{feature}_segmentation"] > 0))
   return {feature: float(np.mean(values)) if values else 0.0
@@ -83,8 +95,7 @@ def report(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
   data = config.data
   rows, all_lengths = split_table(builder, data, tokenizer)
   efficiency = packing_efficiency(datasets.load_split(builder, data, data.train_split),
-                                  tokenizer, data.max_train_length, data.packed_length,
-                                  data.packed_inputs_length)
+                                  tokenizer, data)
   headers = list(rows[0])
   lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
   for row in rows:
@@ -98,7 +109,7 @@ def report(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict,
                f"{corpus.MAX_LINE_CHARS} characters, when the dataset was prepared")
   lines.append(f"packing efficiency ({data.train_split}, rows of "
                f"{data.packed_inputs_length or data.packed_length}/{data.packed_length}, "
-               f"max_train_length {data.max_train_length}): source "
+               f"max_train_length {data.max_train_length}, {data.packing_bins} bins): source "
                f"{efficiency['inputs']:.3f}, target {efficiency['targets']:.3f}")
   os.makedirs(output_dir, exist_ok=True)
   plot_path = os.path.join(output_dir, "lengths.png")

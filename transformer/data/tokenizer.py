@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import collections
 import io
-import itertools
 import os
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import sentencepiece as spm
-import tensorflow as tf
+from etils import epath
 
 from transformer import workdir as workdir_lib
 from transformer.special_ids import EOS_ID, PAD_ID, UNK_ID  # noqa: F401  (re-exported)
@@ -29,28 +27,14 @@ _SPLIT_MAGIC = b"transformer:separate-vocabularies:"
 
 class TokenizerBase:
   """What the pipeline, decoding and checkpoints use: `encode(texts, side)`, `decode(ids)`,
-  `pieces(ids, side)`, `vocab_size`, `model_proto`; batched encoding for tf.data and saving."""
+  `pieces(ids, side)`, `vocab_size`, `model_proto`, and saving. Tokenizers pickle (by their
+  model bytes), so the input pipeline's worker processes can encode."""
 
   model_proto: bytes
 
   def encode(self, texts: Sequence[str], side: str = "target") -> list[list[int]]:
     """Token ids of each text, each ending with EOS."""
     raise NotImplementedError
-
-  def tf_encode_batch(self, texts: tf.Tensor, side: str = "target") -> tf.RaggedTensor:
-    """A tf.data-friendly batched encode: `[N]` strings -> ragged `[N, None]` int32 ids."""
-
-    def encode_numpy(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-      encoded = self.encode([text.decode("utf-8") for text in batch], side)
-      lengths = np.array([len(ids) for ids in encoded], np.int64)
-      values = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))
-      return values, lengths
-
-    values, lengths = tf.numpy_function(encode_numpy, [texts], (tf.int32, tf.int64),
-                                        stateful=False)
-    values.set_shape([None])
-    lengths.set_shape([None])
-    return tf.RaggedTensor.from_row_lengths(values, lengths)
 
   def save(self, path: str) -> None:
     """Writes the model file atomically (temporary file, then rename)."""
@@ -63,6 +47,12 @@ class Tokenizer(TokenizerBase):
   def __init__(self, model_proto: bytes):
     self.model_proto = model_proto
     self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  def __getstate__(self) -> bytes:
+    return self.model_proto
+
+  def __setstate__(self, model_proto: bytes) -> None:
+    self.__init__(model_proto)
 
   @property
   def vocab_size(self) -> int:
@@ -145,8 +135,7 @@ def from_bytes(blob: bytes) -> TokenizerBase:
 
 def load(path: str) -> TokenizerBase:
   """Reads a model file (local or gs://)."""
-  with tf.io.gfile.GFile(path, "rb") as handle:
-    return from_bytes(handle.read())
+  return from_bytes(epath.Path(path).read_bytes())
 
 
 HAN_MODES = ("merge", "single")
@@ -221,7 +210,7 @@ def load_or_train(workdir: str, texts: Callable[[tuple[str, ...]], Iterable[str]
   `texts(features)` gives the sample's sentences of those features ("inputs", "targets").
   """
   path = os.path.join(workdir, MODEL_FILE)
-  if tf.io.gfile.exists(path):
+  if epath.Path(path).exists():
     return load(path)
   if vocabularies not in VOCABULARIES:
     raise ValueError(f"config.tokenizer.vocabularies must be one of {', '.join(VOCABULARIES)}; "
@@ -233,6 +222,6 @@ def load_or_train(workdir: str, texts: Callable[[tuple[str, ...]], Iterable[str]
     tokenizer = train_split(texts(("inputs",)), texts(("targets",)), vocab_size, **options)
   else:
     tokenizer = train(texts(("inputs", "targets")), vocab_size, **options)
-  tf.io.gfile.makedirs(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   tokenizer.save(path)
   return tokenizer
