@@ -64,6 +64,9 @@ def test_generated_builder(tmp_path):
   builder = datasets.prepare(data)
   assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
       "train": 200, "validation": 20, "test": 20}
+  assert datasets.prepared_summary(builder) == (
+      f"number_words/seed0-200-20-20/2.0.0 prepared as array_record in {builder.data_dir}: "
+      "test 20, train 200, validation 20")
   lookup = {number_words.english(n): n for n in range(0, 10**6)}
   train_numbers = set()
   for source, target in read_all(builder, data, "train"):

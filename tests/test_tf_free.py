@@ -146,6 +146,21 @@ assert workdir_lib.read_provenance(bucket) == {"seed": 0}
 sweep.append_result("gs://bucket/sweep", {"point": "a", "steps": 1})
 sweep.append_result("gs://bucket/sweep", {"point": "b", "steps": 2})
 assert sorted(sweep.recorded_rows("gs://bucket/sweep")) == ["a", "b"]
+
+# Prepared data in a bucket: prepared through the local disk, uploaded, read back by the C++
+# ArrayRecord reader from a fake Cloud Storage that serves the same in-memory bucket.
+from tests import fake_gcs
+fake_gcs.serve()
+in_bucket = type(config.data)(config.data.to_dict())
+in_bucket.data_dir = "gs://bucket/tfds"
+print(datasets.prepared_summary(datasets.prepare(in_bucket)))
+from_bucket = datasets.prepare(in_bucket)
+assert str(from_bucket.data_dir).startswith("gs://bucket/tfds/")
+assert list(datasets.load_split(from_bucket, in_bucket, "validation")) == list(
+    datasets.load_split(builder, config.data, "validation"))
+local_batch = next(iter(inputs.train_dataset(builder, config, tokenizer)))
+bucket_batch = next(iter(inputs.train_dataset(from_bucket, config, tokenizer)))
+assert all((local_batch[key] == bucket_batch[key]).all() for key in local_batch)
 print("loaded:", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "clu")))
 """
 

@@ -27,12 +27,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _MODE = flags.DEFINE_enum(
     "mode", "train",
     ["train", "evaluate", "translate", "average", "attention", "compile", "describe",
-     "data_stats"],
+     "data_stats", "prepare"],
     "train: train and evaluate (resumes from --workdir); evaluate: decode a split or file pair "
     "and report sacreBLEU/chrF; translate: --input to --output; average: average the last "
     "checkpoints; attention: heatmaps for --sentence; compile: compile the train step and report "
     "its memory and FLOPs; describe: parameter counts and a forward pass; data_stats: dataset "
-    "statistics.")
+    "statistics; prepare: write the dataset's ArrayRecord files into config.data.data_dir and "
+    "exit (what `tfds build` does, without TensorFlow).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory (local or gs://): tokenizer, "
                                "checkpoints, metrics.")
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints to evaluate/translate "
@@ -100,6 +101,8 @@ def main(argv: list[str]) -> None:
       print(aot.compile_mode(config, workdir, _TOPOLOGY.value))
     elif mode == "describe":
       print(describe.summary(model_config.from_dict(config.model.to_dict()), seed=config.seed))
+    elif mode == "prepare":
+      print(datasets.prepared_summary(datasets.prepare(config.data)))
     elif mode == "data_stats":
       builder = datasets.prepare(config.data)
       tokenizer = inputs.get_tokenizer(builder, config, workdir)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import pathlib
+import shutil
 import tempfile
 from typing import Any, Iterator
 
 import ml_collections
 import tensorflow_datasets as tfds
+from etils import epath
 
 from transformer.data.builders import number_words as number_words_builder
 from transformer.data.builders import parallel_text
@@ -25,6 +28,7 @@ LOCAL = "parallel_text"
 FILE_FORMAT = "array_record"
 CATALOG = "https://www.tensorflow.org/datasets/catalog/overview"
 _READ_CHUNK = 1024
+_COPY_CHUNK = 16 << 20
 
 
 def make_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -83,23 +87,53 @@ def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   nothing that looks like a prepared dataset. On a local disk, concurrent preparations of one
   dataset wait for each other; the builder is made again under the lock so that it reads what
   another process prepared. An already prepared dataset takes neither the lock nor a second
-  builder.
+  builder. A `gs://` data_dir is prepared through the local disk (`upload_prepared`).
   """
   builder = make_builder(data)
   check_writable(data.data_dir)
   tfds.disable_progress_bar()
   if not builder.is_prepared():
     directory = str(builder.data_dir)
-    with (contextlib.nullcontext() if directory.startswith("gs://")
-          else preparation_lock(directory)):
-      builder = make_builder(data)
-      builder.download_and_prepare(file_format=FILE_FORMAT)
+    if directory.startswith("gs://"):
+      upload_prepared(data, directory)
+    else:
+      with preparation_lock(directory):
+        make_builder(data).download_and_prepare(file_format=FILE_FORMAT)
+    builder = make_builder(data)
   check_file_format(builder, data)
   for pair_language in (data.source_lang, data.target_lang):
     if pair_language not in builder.info.features:
       raise DataError(f"config.data.source_lang/target_lang: dataset {data.dataset} has "
                       f"languages {', '.join(builder.info.features)}, not '{pair_language}'")
   return builder
+
+
+def upload_prepared(data: ml_collections.ConfigDict, bucket_directory: str) -> None:
+  """Prepares the dataset under a local temporary directory and copies it to `bucket_directory`.
+
+  ArrayRecord files cannot be written to `gs://` directly (they are read from there). The
+  copy writes `dataset_info.json`, which marks a dataset prepared, last, so an interrupted
+  upload is prepared again rather than read half-copied.
+  """
+  with tempfile.TemporaryDirectory(prefix="tfds-") as staging:
+    local = ml_collections.ConfigDict(data.to_dict())
+    local.data_dir = staging
+    local_directory = pathlib.Path(make_builder(local).data_dir)
+    make_builder(local).download_and_prepare(file_format=FILE_FORMAT)
+    files = sorted((path for path in local_directory.rglob("*") if path.is_file()),
+                   key=lambda path: path.name == "dataset_info.json")
+    for path in files:
+      target = epath.Path(bucket_directory) / path.relative_to(local_directory).as_posix()
+      target.parent.mkdir(parents=True, exist_ok=True)
+      with path.open("rb") as source, target.open("wb") as destination:
+        shutil.copyfileobj(source, destination, _COPY_CHUNK)
+
+
+def prepared_summary(builder: tfds.core.DatasetBuilder) -> str:
+  """One line for `--mode=prepare`: the dataset, where its ArrayRecord files are, split sizes."""
+  splits = ", ".join(f"{name} {split.num_examples:,}" for name, split in
+                     sorted(builder.info.splits.items()))
+  return f"{builder.info.full_name} prepared as {FILE_FORMAT} in {builder.data_dir}: {splits}"
 
 
 def check_file_format(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDict) -> None:
