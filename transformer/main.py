@@ -13,8 +13,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import config as model_config
-from transformer import (aot, cli_errors, commands, describe, distributed, gpus, quiet_start,
-                         run)
+from transformer import (aot, cli_errors, commands, describe, distributed, export, gpus,
+                         quiet_start, run)
 from transformer import workdir as workdir_lib
 from transformer.data import datasets, inputs, stats
 from transformer.data.corpus import DataError
@@ -27,13 +27,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _MODE = flags.DEFINE_enum(
     "mode", "train",
     ["train", "evaluate", "translate", "average", "attention", "compile", "describe",
-     "data_stats", "prepare"],
+     "data_stats", "prepare", "export"],
     "train: train and evaluate (resumes from --workdir); evaluate: decode a split or file pair "
     "and report sacreBLEU/chrF; translate: --input to --output; average: average the last "
     "checkpoints; attention: heatmaps for --sentence; compile: compile the train step and report "
     "its memory and FLOPs; describe: parameter counts and a forward pass; data_stats: dataset "
     "statistics; prepare: write the dataset's ArrayRecord files into config.data.data_dir and "
-    "exit (what `tfds build` does, without TensorFlow).")
+    "exit (what `tfds build` does, without TensorFlow); export: write the checkpoint as a "
+    "CTranslate2 or Hugging Face model (--export.format, --export.dir).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory (local or gs://): tokenizer, "
                                "checkpoints, metrics.")
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints to evaluate/translate "
@@ -54,6 +55,15 @@ _TOPOLOGY = flags.DEFINE_string(
     "v6e-8, ...; needs `pip install -e '.[tpu]'`) or NVIDIA GPUs (a100, h100, h200, or -N for N "
     "GPUs, 8 per node: h100-8, h200-16; needs `pip install -e '.[gpu_compile]'`) to compile for "
     "ahead of time, without that hardware; unset: this host's devices.")
+_EXPORT_FORMAT = flags.DEFINE_enum(
+    "export.format", "ctranslate2", ["ctranslate2", "huggingface"],
+    "export: ctranslate2 (a CTranslate2 model directory) or huggingface (MarianMTModel + "
+    "MarianTokenizer); both need `pip install -e '.[serve]'`.")
+_EXPORT_DIR = flags.DEFINE_string("export.dir", None, "export: the directory to write (must be "
+                                  "new or empty; written completely or not at all).")
+_EXPORT_QUANTIZATION = flags.DEFINE_string(
+    "export.quantization", "none", "export to ctranslate2: none (float32), int8, int8_float32, "
+    "int8_float16, float16 or bfloat16 weights.")
 _INIT_TIMEOUT = flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for every "
                                      "process to join before failing.")
 
@@ -101,6 +111,9 @@ def main(argv: list[str]) -> None:
       print(aot.compile_mode(config, workdir, _TOPOLOGY.value))
     elif mode == "describe":
       print(describe.summary(model_config.from_dict(config.model.to_dict()), seed=config.seed))
+    elif mode == "export":
+      print(export.export(config, workdir, _CHECKPOINT_DIR.value, _EXPORT_FORMAT.value,
+                          _EXPORT_DIR.value, _EXPORT_QUANTIZATION.value))
     elif mode == "prepare":
       print(datasets.prepared_summary(datasets.prepare(config.data)))
     elif mode == "data_stats":
