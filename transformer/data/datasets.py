@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import os
 import pathlib
 import shutil
@@ -27,6 +28,7 @@ GENERATED = "number_words"
 LOCAL = "parallel_text"
 FILE_FORMAT = "array_record"
 CATALOG = "https://www.tensorflow.org/datasets/catalog/overview"
+TRANSLATION_CATALOG = "tensorflow_datasets.translate"  # wmt14/17/19_translate, ted_hrlr, opus, ...
 _READ_CHUNK = 1024
 _COPY_CHUNK = 16 << 20
 
@@ -44,6 +46,8 @@ def make_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     config = parallel_text.config_for(os.path.abspath(os.path.expanduser(data.source_dir)),
                                       data.source_lang, data.target_lang, data.carve_from)
     return parallel_text.ParallelText(config=config, data_dir=data.data_dir or None)
+  # Without TensorFlow, tfds registers no catalog builders until their modules are imported.
+  importlib.import_module(TRANSLATION_CATALOG)
   try:
     return tfds.builder(data.dataset, data_dir=data.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
