@@ -153,8 +153,8 @@ from tests import fake_gcs
 fake_gcs.serve()
 in_bucket = type(config.data)(config.data.to_dict())
 in_bucket.data_dir = "gs://bucket/tfds"
-print(datasets.prepared_summary(datasets.prepare(in_bucket)))
 from_bucket = datasets.prepare(in_bucket)
+print(datasets.prepared_summary(from_bucket))
 assert str(from_bucket.data_dir).startswith("gs://bucket/tfds/")
 assert list(datasets.load_split(from_bucket, in_bucket, "validation")) == list(
     datasets.load_split(builder, config.data, "validation"))

@@ -100,10 +100,11 @@ def prepare(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     directory = str(builder.data_dir)
     if directory.startswith("gs://"):
       upload_prepared(data, directory)
+      builder = make_builder(data)
     else:
       with preparation_lock(directory):
-        make_builder(data).download_and_prepare(file_format=FILE_FORMAT)
-    builder = make_builder(data)
+        builder = make_builder(data)
+        builder.download_and_prepare(file_format=FILE_FORMAT)
   check_file_format(builder, data)
   for pair_language in (data.source_lang, data.target_lang):
     if pair_language not in builder.info.features:
@@ -122,8 +123,9 @@ def upload_prepared(data: ml_collections.ConfigDict, bucket_directory: str) -> N
   with tempfile.TemporaryDirectory(prefix="tfds-") as staging:
     local = ml_collections.ConfigDict(data.to_dict())
     local.data_dir = staging
-    local_directory = pathlib.Path(make_builder(local).data_dir)
-    make_builder(local).download_and_prepare(file_format=FILE_FORMAT)
+    builder = make_builder(local)
+    builder.download_and_prepare(file_format=FILE_FORMAT)
+    local_directory = pathlib.Path(builder.data_dir)
     files = sorted((path for path in local_directory.rglob("*") if path.is_file()),
                    key=lambda path: path.name == "dataset_info.json")
     for path in files:

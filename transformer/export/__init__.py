@@ -20,6 +20,7 @@ from flax import linen as nn
 
 from transformer import commands
 from transformer import config as config_lib
+from transformer import workdir as workdir_lib
 from transformer.export import weights as weights_lib
 from transformer.export.weights import ExportError
 
@@ -72,7 +73,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, checkpoint_dir: str 
   if export_format == "ctranslate2" and quantization not in module.QUANTIZATIONS:
     raise ExportError(f"--export.quantization={quantization}: choose one of "
                       f"{', '.join(module.QUANTIZATIONS)}")
-  loaded = commands.load(config, checkpoint_dir or os.path.join(workdir, "checkpoints"))
+  checkpoint_dir = checkpoint_dir or workdir_lib.checkpoints(workdir)
+  loaded = commands.load(config, checkpoint_dir)
   model_config = config_lib.from_dict(loaded.config.model.to_dict())
   module.check(model_config, loaded.tokenizer)
   weights = weights_lib.from_params(nn.unbox(loaded.params), model_config)
@@ -85,7 +87,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, checkpoint_dir: str 
       handle.write(loaded.tokenizer.model_proto)
     with open(os.path.join(staging, "exported_from.json"), "w", encoding="utf-8") as handle:
       json.dump({"format": export_format, "quantization": quantization, "step": loaded.step,
-                 "checkpoint_dir": checkpoint_dir or os.path.join(workdir, "checkpoints"),
+                 "checkpoint_dir": checkpoint_dir,
                  "config": loaded.config.to_dict()}, handle, indent=1, default=str)
   return (f"step {loaded.step} exported as {export_format}"
           f"{'' if quantization == 'none' else f' ({quantization})'} to {directory}")
