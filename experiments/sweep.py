@@ -25,7 +25,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
 import subprocess
@@ -36,8 +35,10 @@ from typing import Any, Callable, Iterator
 import ml_collections
 from etils import epath
 
+from experiments import sweep_arguments
 from launch.job import Job
 from transformer import config as model_config
+from transformer import config_files
 from transformer import logged_time
 from transformer import workdir as workdir_lib
 
@@ -55,25 +56,21 @@ class PointFailed(RuntimeError):
   """A point that failed every attempt."""
 
 
-def _load_module(path: str, what: str):
-  if not os.path.isfile(path):
-    raise SweepError(f"no {what} file {path}")
-  module_spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module
-
-
 def load_sweep(spec: str) -> dict[str, Any]:
   """`path/to/sweep.py[:arg]` -> the sweep dict from its `get_sweep(arg)`."""
   path, _, arg = spec.partition(":")
-  module = _load_module(path, "sweep")
-  return module.get_sweep(arg) if arg else module.get_sweep()
+  try:
+    return config_files.call(path, "get_sweep", arg, "sweep")
+  except config_files.ConfigFileError as error:
+    raise SweepError(str(error)) from None
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
   """The base experiment config of a sweep (its `get_config()`)."""
-  return _load_module(path, "config").get_config()
+  try:
+    return config_files.load_config(path)
+  except config_files.ConfigFileError as error:
+    raise SweepError(str(error)) from None
 
 
 def point_config(base: ml_collections.ConfigDict, point: dict[str, Any]
@@ -387,12 +384,8 @@ def parse_seeds(text: str) -> list[int] | None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sweep", required=True, help="sweep file, optionally :ARG")
-  parser.add_argument("--root", required=True, help="directory of the points' workdirs")
-  parser.add_argument("--only", default="", help="comma-separated point names")
+  sweep_arguments.add(parser, root=True, retries=True)
   parser.add_argument("--parallel", type=int, default=1, help="points trained at once")
-  parser.add_argument("--seeds", default="", help="comma-separated seeds: repeat every point")
-  parser.add_argument("--retries", type=int, default=2, help="re-runs of a failed point")
   parser.add_argument("--launcher", default="local", choices=sorted(LAUNCHERS),
                       help="local: subprocesses; srun: SLURM job steps (inside an allocation)")
   args = parser.parse_args()

@@ -27,6 +27,7 @@ import subprocess
 import sys
 
 from experiments import sweep as sweep_lib
+from experiments import sweep_arguments
 from launch.job import Job
 from transformer import workdir as workdir_lib
 
@@ -194,10 +195,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="KEY=VALUE config override (repeatable): --config.KEY=VALUE")
   run.add_argument("--name", default="transformer", help="job name")
   sweep = commands.add_parser("sweep", help="a sweep as a job array (one task per point)")
-  sweep.add_argument("--sweep", required=True, help="sweep file, optionally :ARG")
-  sweep.add_argument("--root", required=True, help="directory of the points' workdirs")
-  sweep.add_argument("--only", default="", help="comma-separated point names")
-  sweep.add_argument("--seeds", default="", help="comma-separated seeds: repeat every point")
+  sweep_arguments.add(sweep, root=True)
   for sub in (run, sweep):
     sub.add_argument("--nodes", type=int, default=1, help="nodes per job (array task)")
     sub.add_argument("--gpus_per_node", type=int, default=0, help="GPUs per node (0: CPU)")

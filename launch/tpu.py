@@ -1,4 +1,4 @@
-r"""Cloud TPU VM launcher: a small CLI over `gcloud`, with absl flags like the trainer.
+r"""Cloud TPU VM launcher: a small CLI over `gcloud`.
 
     python -m launch.tpu create  --name=mt --zone=us-central2-b --accelerator_type=v4-8 \
                                  --provisioning=spot
@@ -15,12 +15,12 @@ Defaults may come from a JSON file (`--launch_config=launch/example.json`); flag
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from typing import Any, Sequence
 
-from absl import flags
-
+from experiments import sweep_arguments
 from launch import vm as vm_lib
 from launch.job import Job
 from launch.vm import Gcloud, LaunchError, TpuVm
@@ -30,45 +30,44 @@ HELP_FLAGS = ("--help", "-h", "-help", "--helpfull", "--helpshort", "-?")
 num_hosts = vm_lib.num_hosts
 
 
-def define_flags(values: flags.FlagValues) -> None:
-  """The launcher's flags, on their own FlagValues (the trainer's stay untouched)."""
-  flags.DEFINE_string("launch_config", None, "JSON file with defaults for these flags.",
-                      flag_values=values)
-  flags.DEFINE_string("name", "transformer", "TPU VM name (sweep: prefix of the VMs' names).",
-                      flag_values=values)
-  flags.DEFINE_string("zone", None, "e.g. us-central2-b.", flag_values=values)
-  flags.DEFINE_string("project", None, "GCP project (default: gcloud's).", flag_values=values)
-  flags.DEFINE_string("accelerator_type", "v4-8", "v4-8, v4-32, v5litepod-8, v5p-8, v6e-8, ...",
-                      flag_values=values)
-  flags.DEFINE_string("runtime_version", None, "TPU VM image (default: the generation's: v4 "
-                      "tpu-ubuntu2204-base, v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e "
-                      "v2-alpha-tpuv6e).", flag_values=values)
-  flags.DEFINE_enum("provisioning", "on-demand",
-                    ["on-demand", "spot", "preemptible", "reserved", "guaranteed"],
-                    "TPU VMs: on-demand, spot, preemptible, reserved; queued resources: "
-                    "on-demand, spot, reserved, guaranteed.", flag_values=values)
-  flags.DEFINE_bool("queued", False, "Use a queued resource.", flag_values=values)
-  flags.DEFINE_string("config", "experiments/configs/wmt14_base.py", "Trainer config.",
-                      flag_values=values)
-  flags.DEFINE_string("workdir", "", "The trainer's workdir (gs://BUCKET/PATH).",
-                      flag_values=values)
-  flags.DEFINE_string("data_dir", "", "tfds data_dir (gs://...).", flag_values=values)
-  flags.DEFINE_multi_string("override", [], "config.FIELD=VALUE passed to the trainer.",
-                            flag_values=values)
-  flags.DEFINE_string("collect", "", "logs: copy every worker's log into this directory.",
-                      flag_values=values)
-  flags.DEFINE_string("sweep", "", "sweep: experiments/sweeps/FILE.py[:ARG].",
-                      flag_values=values)
-  flags.DEFINE_integer("num_vms", 1, "sweep: VMs used in parallel.", flag_values=values)
-  flags.DEFINE_string("only", "", "sweep: comma-separated point names.", flag_values=values)
-  flags.DEFINE_string("seeds", "", "sweep: comma-separated seeds to repeat every point with.",
-                      flag_values=values)
-  flags.DEFINE_integer("retries", 2, "sweep: times a failed point is run again (preemptions do "
-                       "not count).", flag_values=values)
-  flags.DEFINE_bool("keep_vms", False, "sweep: keep the VMs after the sweep.", flag_values=values)
-  flags.DEFINE_float("poll_seconds", 60.0, "Seconds between state checks.", flag_values=values)
-  flags.DEFINE_integer("max_polls", 10_000, "State checks before giving up.", flag_values=values)
-  flags.DEFINE_bool("dry_run", False, "Print the gcloud commands only.", flag_values=values)
+class _Parser(argparse.ArgumentParser):
+  """argparse whose mistakes raise LaunchError (one line) instead of printing the usage."""
+
+  def error(self, message: str):
+    raise LaunchError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+  """The launcher's command line: COMMAND and its flags."""
+  result = _Parser(prog="python -m launch.tpu", epilog=f"Commands: {', '.join(COMMANDS)}", add_help=False)
+  add = result.add_argument
+  add("command", nargs="?", help=f"one of {', '.join(COMMANDS)}")
+  add("--launch_config", default=None, help="JSON file with defaults for these flags.")
+  add("--name", default="transformer", help="TPU VM name (sweep: prefix of the VMs' names).")
+  add("--zone", default=None, help="e.g. us-central2-b.")
+  add("--project", default=None, help="GCP project (default: gcloud's).")
+  add("--accelerator_type", default="v4-8", help="v4-8, v4-32, v5litepod-8, v5p-8, v6e-8, ...")
+  add("--runtime_version", default=None,
+      help="TPU VM image (default: the generation's: v4 tpu-ubuntu2204-base, v5e "
+           "v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e).")
+  add("--provisioning", default="on-demand",
+      choices=["on-demand", "spot", "preemptible", "reserved", "guaranteed"],
+      help="TPU VMs: on-demand, spot, preemptible, reserved; queued resources: on-demand, "
+           "spot, reserved, guaranteed.")
+  add("--queued", action="store_true", help="Use a queued resource.")
+  add("--config", default="experiments/configs/wmt14_base.py", help="Trainer config.")
+  add("--workdir", default="", help="The trainer's workdir (gs://BUCKET/PATH).")
+  add("--data_dir", default="", help="tfds data_dir (gs://...).")
+  add("--override", action="append", default=[],
+      help="config.FIELD=VALUE passed to the trainer (repeatable).")
+  add("--collect", default="", help="logs: copy every worker's log into this directory.")
+  sweep_arguments.add(result, prefix="sweep: ", required=False, retries=True)
+  add("--num_vms", type=int, default=1, help="sweep: VMs used in parallel.")
+  add("--keep_vms", action="store_true", help="sweep: keep the VMs after the sweep.")
+  add("--poll_seconds", type=float, default=60.0, help="Seconds between state checks.")
+  add("--max_polls", type=int, default=10_000, help="State checks before giving up.")
+  add("--dry_run", action="store_true", help="Print the gcloud commands only.")
+  return result
 
 
 def load_defaults(path: str | None) -> dict[str, Any]:
@@ -82,35 +81,41 @@ def load_defaults(path: str | None) -> dict[str, Any]:
     raise LaunchError(f"--launch_config: cannot read {path}: {error}") from None
 
 
-def usage(values: flags.FlagValues) -> str:
+def usage() -> str:
   """`--help`: the commands (this module's docstring) and every flag with its help text."""
-  return f"{__doc__.strip()}\n\nCommands: {', '.join(COMMANDS)}\n\nFlags:\n{values.get_help()}"
+  return f"{__doc__.strip()}\n\n{parser().format_help()}"
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
   """COMMAND plus flags (defaults from `--launch_config`) -> options; `--help` prints the
   usage and exits 0."""
-  values = flags.FlagValues()
-  define_flags(values)
   if any(arg in HELP_FLAGS for arg in argv):
-    print(usage(values))
+    print(usage())
     raise SystemExit(0)
+  command_line = parser()
+  known = set(vars(command_line.parse_args([])))
   prefix = "--launch_config="
   config_path = next((arg[len(prefix):] for arg in argv if arg.startswith(prefix)), None)
-  for key, value in load_defaults(config_path).items():
-    if key not in values:
+  defaults = load_defaults(config_path)
+  for key in defaults:
+    if key not in known or key == "command":
       raise LaunchError(f"--launch_config: unknown key '{key}' in {config_path}")
-    values.set_default(key, value)
-  try:
-    positional = values(["launch.tpu", *argv])[1:]
-  except (flags.Error, ValueError) as error:
-    raise LaunchError(str(error).splitlines()[0]) from None
-  if len(positional) != 1 or positional[0] not in COMMANDS:
+  command_line.set_defaults(**defaults)
+  options, unknown = command_line.parse_known_args(list(argv))
+  if unknown:
+    raise LaunchError(unknown_flag(unknown[0], known))
+  if options.command not in COMMANDS:
     raise LaunchError(f"expected one command out of {', '.join(COMMANDS)}; got "
-                      f"{' '.join(positional) or 'none'}")
-  options = argparse.Namespace(**{name: values[name].value for name in values})
-  options.command = positional[0]
+                      f"{options.command or 'none'}")
   return options
+
+
+def unknown_flag(argument: str, known: set[str]) -> str:
+  """The one-line message for an argument no flag takes, with the closest flag."""
+  name = argument.lstrip("-").split("=", 1)[0]
+  close = difflib.get_close_matches(name, sorted(known), n=1)
+  hint = f"; did you mean --{close[0]}?" if close else ""
+  return f"unknown flag or argument '{argument}'{hint}"
 
 
 def check_options(options: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from transformer import bleu_styles, commands, decoding, evaluation, run
+from transformer import attention_maps, bleu_styles, checkpointing, decoding, evaluation, modes, run
 from transformer import workdir as workdir_lib
 from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.corpus import DataError
@@ -96,7 +96,7 @@ def trained(tmp_path_factory):
 
 def test_evaluate_writes_hypotheses_and_reports_bleu(trained):
   config, workdir = trained
-  result = commands.evaluate(config, workdir)
+  result = modes.evaluate(config, workdir)
   assert result["step"] == 30 and result["sentences"] == 40 and result["split"] == "test"
   assert 0.0 <= result["bleu"] <= 100.0 and "tok:13a" in result["bleu_signature"]
   hypotheses = open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.hyp.txt")
@@ -111,11 +111,11 @@ def test_one_decode_scored_in_several_styles(trained):
   config, workdir = trained
   config = copy.deepcopy(config)
   config.eval.extra_bleu_styles = "multi30k, paper"
-  result = commands.evaluate(config, workdir)
+  result = modes.evaluate(config, workdir)
   hypotheses = open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.hyp.txt")
                     ).read().splitlines()
   config.eval.update(extra_bleu_styles="", bleu_style="multi30k")
-  alone = commands.evaluate(config, workdir)  # a second decode, scored in that style only
+  alone = modes.evaluate(config, workdir)  # a second decode, scored in that style only
   assert open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.multi30k.hyp.txt")
               ).read().splitlines() == hypotheses
   assert set(result["extra_bleu"]) == {"multi30k", "paper"}
@@ -124,7 +124,7 @@ def test_one_decode_scored_in_several_styles(trained):
   assert result["extra_bleu"]["paper"]["bleu_signature"].startswith("moses-tok(")
   config.eval.extra_bleu_styles = "multi30k,moses"
   with pytest.raises(ValueError, match="extra_bleu_styles: unknown BLEU style.*moses"):
-    commands.evaluate(config, workdir)
+    modes.evaluate(config, workdir)
 
 
 def test_separate_vocabularies_train_evaluate_and_translate(tmp_path):
@@ -133,26 +133,26 @@ def test_separate_vocabularies_train_evaluate_and_translate(tmp_path):
   config.tokenizer.vocabularies = "separate"
   config.train.update(dict(num_steps=10, checkpoint_every_steps=10))
   run.train_and_evaluate(config, str(tmp_path))
-  loaded = commands.load(config, workdir_lib.checkpoints(str(tmp_path)))
+  loaded = checkpointing.load(config, workdir_lib.checkpoints(str(tmp_path)))
   assert isinstance(loaded.tokenizer, tokenizer_lib.SplitTokenizer)
   assert loaded.tokenizer.vocab_size <= config.model.vocab_size
-  assert commands.evaluate(config, str(tmp_path))["sentences"] == 40
+  assert modes.evaluate(config, str(tmp_path))["sentences"] == 40
   (tmp_path / "input.en").write_text("seven\nforty-two\n")
   output = io.StringIO()
-  assert commands.translate(config, str(tmp_path), str(tmp_path / "input.en"), output) == 2
+  assert modes.translate(config, str(tmp_path), str(tmp_path / "input.en"), output) == 2
   assert len(output.getvalue().splitlines()) == 2
 
 
 def test_output_names_keep_checkpoints_and_decodings_apart():
   decode = ml_collections.ConfigDict(dict(method="beam", beam_size=4, alpha=0.6))
-  assert commands.output_stem("test", "w/checkpoints/", 9, decode) == "test.step9.beam4.alpha0.6"
-  assert commands.output_stem("test", "w/averaged", 9, decode) == \
+  assert modes.output_stem("test", "w/checkpoints/", 9, decode) == "test.step9.beam4.alpha0.6"
+  assert modes.output_stem("test", "w/averaged", 9, decode) == \
       "test.averaged.step9.beam4.alpha0.6"
   decode.alpha = 1.0
-  assert commands.output_stem("test", "w/averaged", 9, decode) == "test.averaged.step9.beam4.alpha1"
+  assert modes.output_stem("test", "w/averaged", 9, decode) == "test.averaged.step9.beam4.alpha1"
   decode.method = "greedy"
-  assert commands.output_stem("test", "w/checkpoints", 9, decode) == "test.step9.greedy"
-  assert commands.output_stem("test", "w/averaged", 9, decode, "multi30k") == \
+  assert modes.output_stem("test", "w/checkpoints", 9, decode) == "test.step9.greedy"
+  assert modes.output_stem("test", "w/averaged", 9, decode, "multi30k") == \
       "test.averaged.step9.greedy.multi30k"
 
 
@@ -163,10 +163,10 @@ def test_evaluate_a_file_pair(trained, tmp_path):
   (tmp_path / "ref.de").write_text("sieben\nzwölf, eins\n")
   config.eval.update(dict(source_file=str(tmp_path / "src.en"),
                           reference_file=str(tmp_path / "ref.de")))
-  assert commands.evaluate(config, workdir)["sentences"] == 2
+  assert modes.evaluate(config, workdir)["sentences"] == 2
   (tmp_path / "ref.de").write_text("sieben\n")
   with pytest.raises(DataError, match=r"src.en has 2 lines but .*ref.de has 1"):
-    commands.evaluate(config, workdir)
+    modes.evaluate(config, workdir)
 
 
 def test_translate_keeps_lines_aligned(trained, tmp_path, capsys):
@@ -174,7 +174,7 @@ def test_translate_keeps_lines_aligned(trained, tmp_path, capsys):
   source = tmp_path / "input.en"
   source.write_text("seven\n\n" + "one, " * 200 + "two\nforty-two\n")
   output = io.StringIO()
-  assert commands.translate(config, workdir, str(source), output) == 4
+  assert modes.translate(config, workdir, str(source), output) == 4
   lines = output.getvalue().split("\n")
   assert len(lines) == 5 and lines[1] == "" and lines[4] == ""
   warnings = capsys.readouterr().err
@@ -188,7 +188,7 @@ def test_translate_nbest_and_bad_input(trained, tmp_path):
   source = tmp_path / "input.en"
   source.write_text("seven\nnine\n")
   output = io.StringIO()
-  commands.translate(config, workdir, str(source), output)
+  modes.translate(config, workdir, str(source), output)
   rows = [line.split("\t") for line in output.getvalue().splitlines()]
   assert [int(r[0]) for r in rows] == [0, 0, 1, 1]
   assert float(rows[0][1]) >= float(rows[1][1])
@@ -200,43 +200,43 @@ def test_translate_nbest_and_bad_input(trained, tmp_path):
     assert all(p <= 0 for p in logprobs)
   source.write_bytes(b"seven\nbad \xff\n")
   with pytest.raises(DataError, match=r"input.en:2: invalid UTF-8"):
-    commands.translate(config, workdir, str(source), io.StringIO())
+    modes.translate(config, workdir, str(source), io.StringIO())
   config.eval.nbest = 3
   with pytest.raises(ValueError, match=r"nbest \(3\) must not exceed the number of beams \(2\)"):
-    commands.translate(config, workdir, str(source), io.StringIO())
+    modes.translate(config, workdir, str(source), io.StringIO())
 
 
 def test_no_checkpoint_says_how_to_train(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint in .*: train one first with"):
-    commands.translate(tiny_config.get_config(), str(tmp_path), "-", io.StringIO())
+    modes.translate(tiny_config.get_config(), str(tmp_path), "-", io.StringIO())
 
 
 def test_average_writes_a_checkpoint_that_evaluates(trained):
   config, workdir = trained
   config = config.copy_and_resolve_references()
   config.eval.num_average = 3
-  message = commands.average(config, workdir)
+  message = modes.average(config, workdir)
   assert "averaged steps [10, 20, 30]" in message
-  loaded = [commands.load(config, os.path.join(workdir, "checkpoints"), step)
+  loaded = [checkpointing.load(config, os.path.join(workdir, "checkpoints"), step)
             for step in (10, 20, 30)]
-  averaged = commands.load(config, os.path.join(workdir, "averaged"))
+  averaged = checkpointing.load(config, os.path.join(workdir, "averaged"))
   kernel = lambda item: np.asarray(item.params["encoder"]["layers"]["layer_0"]["feed_forward"]
                                    ["wi"]["kernel"])
   np.testing.assert_allclose(kernel(averaged), np.mean([kernel(x) for x in loaded], axis=0),
                              rtol=1e-6)
-  result = commands.evaluate(config, workdir, os.path.join(workdir, "averaged"))
+  result = modes.evaluate(config, workdir, os.path.join(workdir, "averaged"))
   assert result["step"] == 30
   config.eval.num_average = 2  # a second average of the same newest step replaces the first
-  assert "averaged steps [20, 30]" in commands.average(config, workdir)
-  np.testing.assert_allclose(kernel(commands.load(config, os.path.join(workdir, "averaged"))),
+  assert "averaged steps [20, 30]" in modes.average(config, workdir)
+  np.testing.assert_allclose(kernel(checkpointing.load(config, os.path.join(workdir, "averaged"))),
                              np.mean([kernel(x) for x in loaded[1:]], axis=0), rtol=1e-6)
   config.eval.average_until_step = 25  # an earlier point of the run (quality.py's budget mark)
-  assert "averaged steps [10, 20]" in commands.average(config, workdir)
-  np.testing.assert_allclose(kernel(commands.load(config, os.path.join(workdir, "averaged"))),
+  assert "averaged steps [10, 20]" in modes.average(config, workdir)
+  np.testing.assert_allclose(kernel(checkpointing.load(config, os.path.join(workdir, "averaged"))),
                              np.mean([kernel(x) for x in loaded[:2]], axis=0), rtol=1e-6)
   config.eval.average_until_step = 5
   with pytest.raises(FileNotFoundError, match=r"at or before step 5 \(eval.average_until_step\)"):
-    commands.average(config, workdir)
+    modes.average(config, workdir)
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -244,12 +244,12 @@ def test_attention_maps_are_written_and_the_drawn_rows_sum_to_one(trained, monke
                                                                    scan_layers):
   config, workdir = trained
   drawn = []
-  plot = commands.plot_attention
-  monkeypatch.setattr(commands, "plot_attention",
+  plot = attention_maps.plot_attention
+  monkeypatch.setattr(attention_maps, "plot_attention",
                       lambda layers, *args: drawn.append(layers) or plot(layers, *args))
   if scan_layers:  # the same parameters, stacked as nn.scan stores them
-    monkeypatch.setattr(commands, "load", scanned_load(commands.load))
-  paths = commands.attention_maps(config, workdir, "three hundred forty-two")
+    monkeypatch.setattr(checkpointing, "load", scanned_load(checkpointing.load))
+  paths = attention_maps.attention_maps(config, workdir, "three hundred forty-two")
   assert sorted(os.path.basename(p) for p in paths) == [
       "decoder_self_attention.png", "encoder_decoder_attention.png", "encoder_self_attention.png"]
   assert all(os.path.getsize(p) > 1000 for p in paths)
@@ -261,7 +261,7 @@ def test_attention_maps_are_written_and_the_drawn_rows_sum_to_one(trained, monke
 
 
 def scanned_load(load):
-  """commands.load, returning a scan_layers model with the layers' parameters stacked."""
+  """checkpointing.load, returning a scan_layers model with the layers' parameters stacked."""
   def stack(tree):
     layers = tree["layers"]
     names = sorted(layers, key=lambda n: int(n.split("_")[-1]))
@@ -301,7 +301,7 @@ def test_translate_streams_stdin_one_batch_at_a_time(trained):
 
 def test_line_batches_end_when_no_more_input_is_waiting():
   waiting = iter([True, False, True, True, True])
-  batches = list(commands.line_batches(iter("abcdef"), 3, lambda: next(waiting, True)))
+  batches = list(modes.line_batches(iter("abcdef"), 3, lambda: next(waiting, True)))
   assert batches == [["a", "b"], ["c", "d", "e"], ["f"]]
 
 
@@ -313,10 +313,10 @@ def test_evaluate_on_another_dataset_than_the_training_one(trained, tmp_path):
   (corpus / "test.en").write_text("seven\nnine\nforty-two\n")
   (corpus / "test.de").write_text("sieben\nneun\nzweiundvierzig\n")
   config.eval.update(dataset="parallel_text", source_dir=str(corpus), split="test")
-  result = commands.evaluate(config, workdir)
+  result = modes.evaluate(config, workdir)
   assert result["sentences"] == 3 and result["split"] == "test"
   config.eval.split = "test[1:]"  # a slice: its own output file, not the whole split's
-  result = commands.evaluate(config, workdir)
+  result = modes.evaluate(config, workdir)
   assert result["sentences"] == 2 and result["split"] == "test[1:]"
   stems = sorted(name.split(".step")[0] for name in os.listdir(os.path.join(workdir, "eval"))
                  if name.endswith(".json"))
@@ -324,4 +324,4 @@ def test_evaluate_on_another_dataset_than_the_training_one(trained, tmp_path):
   config.eval.split = "validation"
   with pytest.raises(DataError, match="config.eval.split: dataset parallel_text has no split "
                                       "'validation'; it has test"):
-    commands.evaluate(config, workdir)
+    modes.evaluate(config, workdir)

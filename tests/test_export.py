@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests import helpers, tiny_config
-from transformer import commands, export, inference, run
+from transformer import checkpointing, export, inference, run
 from transformer.config import ModelConfig
 from transformer.data import number_words, tokenizer as tokenizer_lib
 from transformer.export import weights as weights_lib
@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
                       checkpoint_every_steps=200, test_at_end=False, log_every_steps=100)
   run.train_and_evaluate(config, str(root / "run"))
   print(export.export(config, str(root / "run"), None, "ctranslate2", str(root / "ct2")))
-  loaded = commands.load(config, str(root / "run" / "checkpoints"))
+  loaded = checkpointing.load(config, str(root / "run" / "checkpoints"))
   return config, loaded, root
 
 

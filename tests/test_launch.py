@@ -283,7 +283,8 @@ def test_sweep_dry_run_prints_the_whole_sequence(fake_gcloud, capsys):
 def test_bad_input_is_one_line(fake_gcloud, monkeypatch, tmp_path):
   with pytest.raises(SystemExit, match="--zone: 'uscentral' is not a zone"):
     tpu.main(["create", "--name=mt", "--zone=uscentral"])
-  with pytest.raises(SystemExit, match="Unknown command line flag 'acelerator_type'"):
+  with pytest.raises(SystemExit, match="unknown flag or argument '--acelerator_type=v4-8'; did "
+                                       "you mean --accelerator_type"):
     tpu.main(["create", *BASE, "--acelerator_type=v4-8"])
   with pytest.raises(SystemExit, match="expected one command out of create"):
     tpu.main(["launch", *BASE])

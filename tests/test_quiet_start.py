@@ -15,10 +15,11 @@ from transformer import quiet_start
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(code_or_module: list[str]) -> subprocess.CompletedProcess:
+def _run(code_or_module: list[str], **extra_env: str) -> subprocess.CompletedProcess:
   """Runs Python as a user would: without the test suite's JAX_PLATFORMS=cpu."""
   env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS",
                                                         "CUDA_VISIBLE_DEVICES")}
+  env.update(extra_env)
   return subprocess.run([sys.executable, *code_or_module], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 
@@ -47,6 +48,8 @@ def test_importing_the_package_starts_jax_quietly():
     (["--config=no_such_config.py"], "error: --config: no config file no_such_config.py"),
     (["--config=experiments/configs/smoke.py", "--config.model.no_such_key=1"],
      "error: --config.model.no_such_key: no such config key"),
+    (["--config.model.no_such_key=1"],  # the default config file, implicit
+     "error: --config.model.no_such_key: no such config key"),
     (["--config=experiments/configs/smoke.py", "--mode=describe",
       "--config.model.attention_kernel=cudnn"], "error: ModelConfig.attention_kernel='cudnn'"),
 ])
@@ -55,6 +58,18 @@ def test_errors_stay_one_line(flags, message):
   assert result.returncode != 0
   assert len(result.stderr.splitlines()) == 1, result.stderr
   assert result.stderr.startswith(message), result.stderr
+
+
+def test_the_config_file_is_loaded_once(tmp_path):
+  counting = tmp_path / "counting.py"
+  counting.write_text("import os\nwith open(os.environ['LOADS'], 'a') as log:\n  log.write('x')\n"
+                      "from experiments.configs.smoke import get_config\n")
+  loads = tmp_path / "loads"
+  result = _run(["-m", "transformer.main", f"--config={counting}", "--config.model.d_ff=64",
+                 "--mode=describe"], LOADS=str(loads), PYTHONPATH=REPO)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "d_ff=64" in result.stdout or "64" in result.stdout
+  assert loads.read_text() == "x"
 
 
 def test_filter_drops_only_the_noise_of_native_writes(capfd):

@@ -36,10 +36,8 @@ sys.meta_path[:] = [Hidden(finder) for finder in sys.meta_path]
 
 
 SCRIPT = hiding(BLOCKED) + f"""
-sys.path.insert(0, "benchmarks")
-
 import jax, numpy as np
-import train_speed
+from benchmarks import train_speed
 from transformer import aot, inference, steps
 
 config, setup, state, batch = train_speed.jax_setup("tiny", batch_size=4, length=16)
@@ -81,7 +79,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from tensorboardX import record_writer
 from tests import tiny_config
 from experiments import sweep
-from transformer import commands, run, workdir as workdir_lib
+from transformer import modes, run, workdir as workdir_lib
 from transformer.data import datasets, inputs, stats, tokenizer as tokenizer_lib
 
 root = tempfile.mkdtemp()
@@ -96,12 +94,12 @@ assert resumed["loss"] > 0 and [r["step"] for r in workdir_lib.read_metrics(work
 position = json.loads(open(os.path.join(workdir, "checkpoints", "12", "data_iterator",
                                         "process_0.json")).read())
 assert position["process_count"] == 1 and len(json.dumps(position)) < 1000, position
-result = commands.evaluate(config, workdir)
+result = modes.evaluate(config, workdir)
 assert 0 <= result["bleu"] <= 100 and result["sentences"] == 40
 sources = os.path.join(root, "sources.txt")
 open(sources, "w").write("one hundred two\n\nseven\n")
 output = io.StringIO()
-assert commands.translate(config, workdir, sources, output) == 3
+assert modes.translate(config, workdir, sources, output) == 3
 assert output.getvalue().count("\n") == 3
 builder = datasets.prepare(config.data)
 assert "packing efficiency" in stats.report(builder, config, inputs.get_tokenizer(

@@ -14,9 +14,15 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from transformer import steps
+from transformer.data import tokenizer as tokenizer_lib
+from transformer.data.tokenizer import TokenizerBase
+from transformer.model import Transformer
 
 STATE, ITERATOR, METADATA = "state", "data_iterator", "metadata"
 
@@ -76,6 +82,19 @@ def make_manager(directory: str, *, keep: int, save_every: int, best_metric: str
                                item_names=(STATE, ITERATOR, METADATA))
 
 
+def save_only(directory: str, step: int, state: Any, metadata: dict[str, Any]) -> None:
+  """Saves `state` and `metadata` as the one checkpoint in `directory` (earlier steps deleted),
+  e.g. an average, which `load(..., directory)` then finds whatever its step."""
+  writer = ocp.CheckpointManager(checkpoint_path(directory),
+                                 options=ocp.CheckpointManagerOptions(create=True),
+                                 item_names=(STATE, METADATA))
+  for earlier in writer.all_steps():
+    writer.delete(earlier)
+  writer.save(step, args=ocp.args.Composite(**{
+      STATE: ocp.args.StandardSave(state), METADATA: ocp.args.JsonSave(metadata)}), force=True)
+  writer.wait_until_finished()
+
+
 def read_only_manager(directory: str) -> ocp.CheckpointManager:
   """A manager for reading the checkpoints of `directory` (evaluation, averaging)."""
   return ocp.CheckpointManager(checkpoint_path(directory),
@@ -124,3 +143,39 @@ def encode_bytes(data: bytes) -> str:
 def decode_bytes(text: str) -> bytes:
   """Inverse of `encode_bytes`."""
   return base64.b64decode(text.encode("ascii"))
+
+
+@dataclasses.dataclass
+class Loaded:
+  """A restored model ready for inference."""
+
+  config: ml_collections.ConfigDict  # as trained, with this run's mesh/decode/eval settings
+  model: Transformer
+  params: Any
+  tokenizer: TokenizerBase
+  step: int
+  mesh: Any
+
+
+def load(config: ml_collections.ConfigDict, directory: str, step: int | None = None) -> Loaded:
+  """Restores parameters, config and tokenizer from `directory` (latest step by default)."""
+  if not epath.Path(directory).is_dir():
+    raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
+                            f"`python -m transformer.main --config=... --workdir=...`")
+  manager = read_only_manager(directory)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
+                            f"`python -m transformer.main --config=... --workdir=...`")
+  metadata = restore_metadata(manager, step)
+  trained = ml_collections.ConfigDict(metadata["config"])
+  for section in ("mesh", "decode", "eval", "data"):
+    if section == "data":  # where the data lives may differ; what the model saw may not
+      trained.data.update({k: config.data[k] for k in ("data_dir", "source_dir",
+                                                       "eval_batch_size")})
+    else:
+      trained[section] = config[section]
+  setup = steps.make_setup(trained)
+  state, _ = restore(manager, step, setup.abstract_state)
+  tokenizer = tokenizer_lib.from_bytes(decode_bytes(metadata["tokenizer"]))
+  return Loaded(trained, setup.model, state.params, tokenizer, step, setup.mesh)

@@ -7,12 +7,11 @@ wrong and the closest valid keys.
 from __future__ import annotations
 
 import difflib
-import importlib.util
-import os
-import sys
 from typing import Any, Sequence
 
 import ml_collections
+
+from transformer import config_files
 
 
 def config_path(argv: Sequence[str], default: str) -> str:
@@ -22,18 +21,17 @@ def config_path(argv: Sequence[str], default: str) -> str:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`get_config()` of a config file (`path[:arg]`); ValueError naming the file otherwise."""
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ValueError(f"--config: no config file {path}")
-  module_spec = importlib.util.spec_from_file_location("config_file", path)
-  module = importlib.util.module_from_spec(module_spec)
+  """`config_files.load_config` with its error naming the flag: `--config: ...`."""
   try:
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-  except Exception as error:  # a user's config file may raise anything
-    raise ValueError(f"--config: cannot load {path}: {type(error).__name__}: "
-                     f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    return config_files.load_config(spec)
+  except config_files.ConfigFileError as error:
+    raise ValueError(f"--config: {error}") from None
+
+
+def explicit_config(argv: Sequence[str], default: str) -> list[str]:
+  """`["--config=DEFAULT"]` to put first in `argv` when it names no config file, else `[]`."""
+  named = any(arg == "--config" or arg.startswith("--config=") for arg in argv)
+  return [] if named else [f"--config={default}"]
 
 
 def flat_keys(config: Any, prefix: str = "config") -> list[str]:
@@ -43,23 +41,6 @@ def flat_keys(config: Any, prefix: str = "config") -> list[str]:
     key = f"{prefix}.{name}"
     keys += flat_keys(value, key) if isinstance(value, ml_collections.ConfigDict) else [key]
   return keys
-
-
-def check_config_flags(argv: Sequence[str], default_config: str) -> None:
-  """Exits with a one-line error for a missing config file or an unknown `--config.KEY`.
-
-  Call before `config_flags.DEFINE_config_file`, which loads the file (and applies the
-  overrides) as soon as it is defined, raising tracebacks for these mistakes.
-  """
-  if not any(arg.startswith("--config") for arg in argv):
-    return
-  try:
-    message = unknown_key(argv, flat_keys(load_config(config_path(argv, default_config))))
-  except ValueError as error:
-    message = str(error)
-  if message:
-    sys.stderr.write(f"error: {message}\n")
-    sys.exit(2)
 
 
 def unknown_key(argv: Sequence[str], keys: list[str]) -> str | None:

@@ -6,6 +6,7 @@ sacreBLEU signature and, for the tokenized styles, the recipe applied before it.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Sequence
 
@@ -59,13 +60,21 @@ def output_stats(hypotheses: Sequence[str], references: Sequence[str]) -> dict[s
 
 
 def _corpus_score(metric: Any, hypotheses: Sequence[str], references: Sequence[str]) -> Any:
-  """A corpus score over every process's sentences: sufficient statistics are summed."""
+  """A corpus score over every process's sentences (each process holds its own share)."""
+  return metric.corpus_score(all_processes(hypotheses), [all_processes(references)])
+
+
+def all_processes(texts: Sequence[str]) -> list[str]:
+  """Every process's `texts`, process 0's first (this process's own on one process)."""
   if jax.process_count() == 1:
-    return metric.corpus_score(list(hypotheses), [list(references)])
-  statistics = np.sum(metric._extract_corpus_statistics(list(hypotheses), [list(references)]),
-                      axis=0)
-  total = np.sum(multihost_utils.process_allgather(np.asarray(statistics)), axis=0)
-  return metric._compute_score_from_stats(total.tolist())
+    return list(texts)
+  data = np.frombuffer(json.dumps(list(texts)).encode("utf-8"), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.array([data.size]))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [text for process, size in enumerate(sizes)
+          for text in json.loads(gathered[process, :size].tobytes().decode("utf-8"))]
 
 
 def translate_eval_set(model: Transformer, params: Any, evaluation: EvalSet,

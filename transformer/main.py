@@ -13,15 +13,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from transformer import config as model_config
-from transformer import (aot, cli_errors, commands, describe, distributed, export, gpus,
-                         quiet_start, run)
+from transformer import (aot, attention_maps, cli_errors, describe, distributed, export, gpus,
+                         modes, quiet_start, run)
 from transformer import workdir as workdir_lib
 from transformer.data import datasets, inputs, stats
 from transformer.data.corpus import DataError
 
 _DEFAULT_CONFIG = "experiments/configs/smoke.py"
 if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "transformer-main":
-  cli_errors.check_config_flags(sys.argv[1:], _DEFAULT_CONFIG)
+  # Named explicitly, the config file is loaded once, when the flags are parsed (parse_flags
+  # turns its mistakes into one line); a default left implicit would be loaded here already,
+  # with the overrides, and fail with a traceback.
+  sys.argv[1:1] = cli_errors.explicit_config(sys.argv[1:], _DEFAULT_CONFIG)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Experiment config file (get_config()).", lock_config=True)
 _MODE = flags.DEFINE_enum(
@@ -90,7 +93,7 @@ def main(argv: list[str]) -> None:
     if mode == "train":
       run.train_and_evaluate(config, workdir)
     elif mode == "evaluate":
-      result = commands.evaluate(config, workdir, _CHECKPOINT_DIR.value)
+      result = modes.evaluate(config, workdir, _CHECKPOINT_DIR.value)
       print(f"{result['split']} (step {result['step']}, {result['sentences']} sentences): "
             f"BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f}\n"
             f"BLEU signature ({result['bleu_style']}): {result['bleu_signature']}\n"
@@ -100,11 +103,11 @@ def main(argv: list[str]) -> None:
     elif mode == "translate":
       translate_to_output(config, workdir)
     elif mode == "average":
-      print(commands.average(config, workdir))
+      print(modes.average(config, workdir))
     elif mode == "attention":
       if not _SENTENCE.value:
         raise ValueError("--mode=attention needs --sentence='...'")
-      for path in commands.attention_maps(config, workdir, _SENTENCE.value,
+      for path in attention_maps.attention_maps(config, workdir, _SENTENCE.value,
                                           _CHECKPOINT_DIR.value):
         print(path)
     elif mode == "compile":
@@ -128,10 +131,10 @@ def main(argv: list[str]) -> None:
 def translate_to_output(config, workdir: str) -> None:
   """--mode=translate: writes to --output atomically (a temporary file renamed when done)."""
   if _OUTPUT.value == "-":
-    commands.translate(config, workdir, _INPUT.value, sys.stdout, _CHECKPOINT_DIR.value)
+    modes.translate(config, workdir, _INPUT.value, sys.stdout, _CHECKPOINT_DIR.value)
     return
   with workdir_lib.atomic_file(_OUTPUT.value) as output:
-    commands.translate(config, workdir, _INPUT.value, output, _CHECKPOINT_DIR.value)
+    modes.translate(config, workdir, _INPUT.value, output, _CHECKPOINT_DIR.value)
 
 
 _ROUTINE_WARNINGS = ("Using custom data configuration",  # tfds, on every load of our builders
@@ -148,7 +151,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a config file or key that does not exist as a one-line error."""
   try:
     remaining = flags.FLAGS(argv)
-    _CONFIG.value  # noqa: B018  (a config file that fails to load fails here)
+    _CONFIG.value.get("model")  # a config file that failed to load raises at any attribute
     return remaining
   except Exception as error:  # ml_collections raises AttributeError, OSError, flags.Error...
     try:

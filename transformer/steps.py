@@ -3,7 +3,7 @@
 `make_setup` validates the config and builds the model, optimizer, mesh and the train state's
 sharded shape; `initial_state` creates parameters born sharded; `compiled_train_step` and
 `compiled_eval_step` jit the pure steps of `training.py` with explicit shardings. The training
-loop (`run.py`), the other modes (`commands.py`), ahead-of-time compilation (`aot.py`) and the
+loop (`run.py`), the other modes (`modes.py`), ahead-of-time compilation (`aot.py`) and the
 benchmarks share them; nothing here reads data, so none of it needs TensorFlow.
 """
 

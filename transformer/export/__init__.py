@@ -18,7 +18,7 @@ from typing import Iterator
 import ml_collections
 from flax import linen as nn
 
-from transformer import commands
+from transformer import checkpointing
 from transformer import config as config_lib
 from transformer import workdir as workdir_lib
 from transformer.export import weights as weights_lib
@@ -74,7 +74,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, checkpoint_dir: str 
     raise ExportError(f"--export.quantization={quantization}: choose one of "
                       f"{', '.join(module.QUANTIZATIONS)}")
   checkpoint_dir = checkpoint_dir or workdir_lib.checkpoints(workdir)
-  loaded = commands.load(config, checkpoint_dir)
+  loaded = checkpointing.load(config, checkpoint_dir)
   model_config = config_lib.from_dict(loaded.config.model.to_dict())
   module.check(model_config, loaded.tokenizer)
   weights = weights_lib.from_params(nn.unbox(loaded.params), model_config)

@@ -1,4 +1,4 @@
-"""The modes besides training: evaluate, translate, average, attention (`--mode=...`).
+"""The modes that use a trained checkpoint: evaluate, translate (streaming), average.
 
 Each loads a checkpoint from the workdir with the config and tokenizer stored in it, so decoding
 always uses the tokenizer the model was trained with.
@@ -6,7 +6,6 @@ always uses the tokenizer the model was trained with.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import select
@@ -14,58 +13,15 @@ import sys
 from typing import Any, Callable, Iterator, TextIO
 
 import jax
-import matplotlib
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 
 from transformer import bleu_styles, checkpointing, evaluation, inference, sharding, steps
 from transformer.data import datasets, inputs, pipeline
 from transformer.data.corpus import DataError
-from transformer.data import tokenizer as tokenizer_lib
 from transformer.data.tokenizer import EOS_ID, TokenizerBase
-from transformer.model import Transformer
 from transformer import workdir as workdir_lib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
-
-@dataclasses.dataclass
-class Loaded:
-  """A restored model ready for inference."""
-
-  config: ml_collections.ConfigDict  # as trained, with this run's mesh/decode/eval settings
-  model: Transformer
-  params: Any
-  tokenizer: TokenizerBase
-  step: int
-  mesh: Any
-
-
-def load(config: ml_collections.ConfigDict, directory: str, step: int | None = None) -> Loaded:
-  """Restores parameters, config and tokenizer from `directory` (latest step by default)."""
-  if not epath.Path(directory).is_dir():
-    raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
-                            f"`python -m transformer.main --config=... --workdir=...`")
-  manager = checkpointing.read_only_manager(directory)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}: train one first with "
-                            f"`python -m transformer.main --config=... --workdir=...`")
-  metadata = checkpointing.restore_metadata(manager, step)
-  trained = ml_collections.ConfigDict(metadata["config"])
-  for section in ("mesh", "decode", "eval", "data"):
-    if section == "data":  # where the data lives may differ; what the model saw may not
-      trained.data.update({k: config.data[k] for k in ("data_dir", "source_dir",
-                                                       "eval_batch_size")})
-    else:
-      trained[section] = config[section]
-  setup = steps.make_setup(trained)
-  state, _ = checkpointing.restore(manager, step, setup.abstract_state)
-  tokenizer = tokenizer_lib.from_bytes(checkpointing.decode_bytes(metadata["tokenizer"]))
-  return Loaded(trained, setup.model, state.params, tokenizer, step, setup.mesh)
 
 
 def _file_eval_set(config: ml_collections.ConfigDict, tokenizer: TokenizerBase) -> inputs.EvalSet:
@@ -89,7 +45,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
   directory = directory or workdir_lib.checkpoints(workdir)
   extra_styles = bleu_styles.parse_list(config.eval.extra_bleu_styles,
                                         "config.eval.extra_bleu_styles")
-  loaded = load(config, directory)
+  loaded = checkpointing.load(config, directory)
   trained = loaded.config
   if config.eval.source_file:
     evaluation_set = _file_eval_set(trained, loaded.tokenizer)
@@ -165,7 +121,7 @@ def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
   `index<TAB>score<TAB>translation<TAB>positional scores` (log P of each token, EOS included).
   Returns the line count.
   """
-  loaded = load(config, directory or workdir_lib.checkpoints(workdir))
+  loaded = checkpointing.load(config, directory or workdir_lib.checkpoints(workdir))
   options = inference.DecodeOptions.from_config(loaded.config.decode)
   nbest = config.eval.nbest
   if nbest > options.num_beams:
@@ -246,98 +202,12 @@ def average(config: ml_collections.ConfigDict, workdir: str) -> str:
   if not chosen:
     at = f" at or before step {until} (eval.average_until_step)" if until > 0 else ""
     raise FileNotFoundError(f"no checkpoint in {directory}{at} to average")
-  loaded = [load(config, directory, step) for step in chosen]
+  loaded = [checkpointing.load(config, directory, step) for step in chosen]
   averaged = jax.tree.map(lambda *p: sum(p) / len(p), *[item.params for item in loaded])
   metadata = checkpointing.restore_metadata(manager, chosen[-1])
   setup = steps.make_setup(loaded[-1].config)
   state, _ = checkpointing.restore(manager, chosen[-1], setup.abstract_state)
   output = os.path.join(workdir, "averaged")
-  writer = ocp.CheckpointManager(checkpointing.checkpoint_path(output),
-                                 options=ocp.CheckpointManagerOptions(create=True),
-                                 item_names=(checkpointing.STATE, checkpointing.METADATA))
   metadata["averaged_steps"] = chosen
-  for earlier in writer.all_steps():  # one average at a time: `averaged` loads what was asked
-    writer.delete(earlier)
-  writer.save(chosen[-1], args=ocp.args.Composite(**{
-      checkpointing.STATE: ocp.args.StandardSave(state.replace(params=averaged)),
-      checkpointing.METADATA: ocp.args.JsonSave(metadata)}), force=True)
-  writer.wait_until_finished()
+  checkpointing.save_only(output, chosen[-1], state.replace(params=averaged), metadata)
   return f"averaged steps {chosen} into {output}/{chosen[-1]}"
-
-
-def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: str,
-                   directory: str | None = None) -> list[str]:
-  """Heatmaps of encoder, decoder and encoder-decoder attention for one sentence (PNG files).
-
-  The decoder side is the model's own translation, so the maps show what it aligns.
-  """
-  loaded = load(config, directory or workdir_lib.checkpoints(workdir))
-  model = Transformer(loaded.model.config.replace(attention_kernel="xla"))  # sows the weights
-  tokenizer = loaded.tokenizer
-  source = np.asarray(tokenizer.encode([sentence], "source"), np.int32)
-  options = inference.DecodeOptions.from_config(loaded.config.decode)
-  ids, _ = inference.translate_ids(model, loaded.params, source, options)
-  target = np.asarray(ids)[0, 0]
-  target = target[:int(np.argmax(target == EOS_ID)) + 1] if EOS_ID in target else target
-  _, variables = model.apply({"params": loaded.params}, source, target[None],
-                             mutable=["intermediates"])
-  weights = attention_weights(variables["intermediates"])
-  source_pieces = tokenizer.pieces(source[0], "source")
-  target_pieces = tokenizer.pieces(target, "target")
-  decoder_inputs = ["<s>"] + target_pieces[:-1]
-  labels = {"encoder_self_attention": (source_pieces, source_pieces),
-            "decoder_self_attention": (decoder_inputs, decoder_inputs),
-            "encoder_decoder_attention": (decoder_inputs, source_pieces)}
-  output_dir = os.path.join(workdir, "attention")
-  os.makedirs(output_dir, exist_ok=True)
-  paths = []
-  for kind, per_layer in weights.items():
-    layers = [per_layer[i] for i in config.eval.attention_layers]
-    layer_numbers = [range(len(per_layer))[i] for i in config.eval.attention_layers]
-    path = os.path.join(output_dir, f"{kind}.png")
-    plot_attention(layers, layer_numbers, list(config.eval.attention_heads), *labels[kind], kind,
-                   path)
-    paths.append(path)
-  return paths
-
-
-def attention_weights(intermediates: Any) -> dict[str, list[np.ndarray]]:
-  """Sown attention weights `[heads, queries, keys]` per layer, by kind of attention.
-
-  Layers are `layer_0`, `layer_1`, ... or, with `scan_layers`, one `layers` entry whose arrays
-  carry the layer on a leading axis.
-  """
-  found: dict[str, list[np.ndarray]] = {"encoder_self_attention": [],
-                                        "decoder_self_attention": [],
-                                        "encoder_decoder_attention": []}
-  for stack, kinds in (("encoder", {"self_attention": "encoder_self_attention"}),
-                       ("decoder", {"self_attention": "decoder_self_attention",
-                                    "encoder_decoder_attention": "encoder_decoder_attention"})):
-    layers = intermediates[stack]["layers"]
-    for module, kind in kinds.items():
-      if "layers" in layers:  # scanned: [layers, batch, heads, queries, keys]
-        stacked = np.asarray(layers["layers"][module]["attention_weights"][0])
-        found[kind] += [per_layer[0] for per_layer in stacked]
-        continue
-      for name in sorted(layers, key=lambda n: int(n.split("_")[-1])):
-        found[kind].append(np.asarray(layers[name][module]["attention_weights"][0])[0])
-  return found
-
-
-def plot_attention(layers: list[np.ndarray], layer_numbers: list[int], heads: list[int],
-                   query_labels: list[str], key_labels: list[str], title: str, path: str) -> None:
-  """A grid of heatmaps (rows: layers, columns: heads) labelled with subword pieces."""
-  figure, axes = plt.subplots(len(layers), len(heads), squeeze=False,
-                              figsize=(1 + 0.35 * len(key_labels) * len(heads),
-                                       1 + 0.35 * len(query_labels) * len(layers)))
-  for row, (weights, number) in enumerate(zip(layers, layer_numbers)):
-    for column, head in enumerate(heads):
-      axis = axes[row][column]
-      axis.imshow(weights[head], cmap="viridis", vmin=0.0, vmax=1.0)
-      axis.set_xticks(range(len(key_labels)), key_labels, rotation=90, fontsize=7)
-      axis.set_yticks(range(len(query_labels)), query_labels, fontsize=7)
-      axis.set_title(f"layer {number} head {head}", fontsize=8)
-  figure.suptitle(title.replace("_", " "))
-  figure.tight_layout()
-  figure.savefig(path, dpi=100)
-  plt.close(figure)
