@@ -1,6 +1,6 @@
 """Attention time and memory against sequence length: reference vs. blockwise kernel.
 
-    python benchmarks/attention_scaling.py [--max_length 8192] [--block_size 512]
+    python -m benchmarks.attention_scaling [--max_length 8192] [--block_size 512]
 
 Self-attention costs O(N^2) time and memory, the architecture's known weakness. The reference
 kernel materializes the `[heads, N, N]` logits; the blockwise kernel (online softmax over key
@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
 import matplotlib
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer.attention import blockwise_attention, reference_attention  # noqa: E402
+from transformer.attention import blockwise_attention, reference_attention
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -1,6 +1,6 @@
 """Decoding speed: greedy and beam 4, with and without the key/value cache, in one run.
 
-    python benchmarks/decode_speed.py [--sentences 32] [--repeats 2]
+    python -m benchmarks.decode_speed [--sentences 32] [--repeats 2]
 
 A Multi30k-sized model (d_model 256, 3+3 layers, 8k vocabulary; randomly initialized, which does
 not change the cost) translates sources of 14 tokens; with the paper's limit of input length +
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
@@ -23,12 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformer import config as model_config  # noqa: E402
-from transformer import inference  # noqa: E402
-from transformer.data.tokenizer import EOS_ID  # noqa: E402
-from transformer.model import Transformer  # noqa: E402
+from transformer import config as model_config
+from transformer import inference
+from transformer.data.tokenizer import EOS_ID
+from transformer.model import Transformer
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 VOCAB, MAX_LEN, EXTRA_LENGTH = 8000, 128, 50  # outputs: input length + 50 (Sec. 6.1)
@@ -62,7 +60,7 @@ def measure_torch_greedy(inputs: np.ndarray, repeats: int) -> dict[str, float]:
   """The PyTorch peer (same sizes) decoding greedily to the same output length."""
   import torch
 
-  import torch_peer
+  from benchmarks import torch_peer
 
   torch_peer.use_all_cores()
   torch.manual_seed(0)

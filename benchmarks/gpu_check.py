@@ -1,7 +1,7 @@
 """The GPU check: correctness, train-step speed beside the peers, XLA flags and decoding, one GPU.
 
-    python benchmarks/gpu_check.py [--rounds 3] [--steps 10] [--out FILE.json]
-    python benchmarks/gpu_check.py --quick   # a rehearsal on CPU: tiny sizes, same code paths
+    python -m benchmarks.gpu_check [--rounds 3] [--steps 10] [--out FILE.json]
+    python -m benchmarks.gpu_check --quick   # a rehearsal on CPU: tiny sizes, same code paths
 
 Needs jax with a GPU (the `[cuda12]`/`[cuda13]` extra), flax, optax, torch with CUDA and
 ml_collections; no TensorFlow. Sections, all in one JSON:
@@ -32,23 +32,21 @@ import sys
 import time
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from transformer import gpus  # noqa: E402  (first: quiet start-up, GPU flags before JAX starts)
+from transformer import gpus  # (first: quiet start-up, GPU flags before JAX starts)
 
 if os.environ.get("GPU_CHECK_FLAGS") is None:
   gpus.set_gpu_environment()
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import flax_peer  # noqa: E402
-import step_options  # noqa: E402
-import train_speed  # noqa: E402
-from transformer import attention, config as model_configs, flops, inference, masks, steps  # noqa: E402
-from transformer.model import Transformer  # noqa: E402
+from benchmarks import flax_peer
+from benchmarks import step_options
+from benchmarks import train_speed
+from transformer import attention, config as model_configs, flops, inference, masks, steps
+from transformer.model import Transformer
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 FULL = dict(rows=96, length=256, vocab=37000, sizes=("base", "big"))

@@ -1,6 +1,6 @@
 """Input-pipeline throughput on Multi30k next to the base model's train-step throughput.
 
-    python benchmarks/input_pipeline.py [--steps 5] [--batches 2000] [--workers 0,1,2,4]
+    python -m benchmarks.input_pipeline [--steps 5] [--batches 2000] [--workers 0,1,2,4]
 
 Measured in one run on this machine: real (non-pad) source + target tokens per second of packed
 Multi30k batches out of the Grain pipeline, in the trainer's process (0 workers) and with 1, 2
@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.configs import multi30k, wmt14_base  # noqa: E402
-from transformer import sharding, steps  # noqa: E402
-from transformer.data import datasets, inputs  # noqa: E402
+from experiments.configs import multi30k, wmt14_base
+from transformer import sharding, steps
+from transformer.data import datasets, inputs
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 COST_ROW = os.path.join(RESULTS, "tpu_compile", "base_v4-8.json")

@@ -1,6 +1,6 @@
 """Where our train step's time goes on this CPU: timed ablations of one step, interleaved.
 
-    python benchmarks/step_breakdown.py [--size base] [--steps 5] [--rounds 3]
+    python -m benchmarks.step_breakdown [--size base] [--steps 5] [--rounds 3]
 
 Same model and batch as `train_speed.py`. Times the full step, the step without dropout, the
 step with the `rbg` PRNG for the dropout masks (XLA's RngBitGenerator instead of threefry),
@@ -20,7 +20,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-import train_speed
+from benchmarks import train_speed
 from transformer import flops, training
 
 Runner = Callable[[int], float]

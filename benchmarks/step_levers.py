@@ -1,6 +1,6 @@
 """Levers on our train step, each timed against the step as it is, in interleaved rounds.
 
-    python benchmarks/step_levers.py [--size base] [--shape 16x32] [--steps 3] [--rounds 3]
+    python -m benchmarks.step_levers [--size base] [--shape 16x32] [--steps 3] [--rounds 3]
         [--only=8-bit,bfloat16,fused]
 
 Every variant is the project's train step as the CPU configs run it (`training.train_step`'s
@@ -15,14 +15,17 @@ without segment ids (padding masks only), sinusoids from a precomputed table. Pr
 time per step, the spread of the rounds and the speed-up against the current step; writes
 `results/step_levers_SIZE_SHAPE[_ONLY...].json`. XLA flags are separate processes: run this
 script under `XLA_FLAGS=...` and compare the printed "current" rows.
+
+The 8-bit masks and the sinusoid table replace a module's method through Flax's public method
+interceptors (`nn.intercept_methods`) while the variant is traced; nothing global is patched.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import sys
 from typing import Any, Callable
 
 import jax
@@ -31,10 +34,8 @@ import numpy as np
 import flax.linen as nn
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import train_speed  # noqa: E402
-from transformer import layers, losses, training  # noqa: E402
+from benchmarks import train_speed
+from transformer import layers, losses, training
 
 
 def fused_adam(schedule: optax.Schedule, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9
@@ -84,27 +85,45 @@ def table_sinusoids(positions, d_model):
   return jnp.take(jnp.asarray(table, jnp.float32), positions, axis=0)
 
 
-class ByteMaskDropout(nn.Dropout):
-  """Dropout whose masks compare 8-bit random numbers (a quarter of the random bits of
-  `bernoulli`'s float32 uniforms); the keep probability is rounded to a multiple of 1/256."""
+def table_sinusoid_encoding(next_fun, args, kwargs, context):
+  """Flax method interceptor: the training-time sinusoidal `PositionalEncoding` adds sinusoids
+  gathered from a table instead of computing them."""
+  module = context.module
+  if (not isinstance(module, layers.PositionalEncoding) or context.method_name != "__call__"
+      or module.decode or module.config.positional_encoding != "sinusoidal"):
+    return next_fun(*args, **kwargs)
+  x = args[0]
+  positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+  if positions is None:
+    positions = jnp.arange(x.shape[1])[None, :]
+  return x + table_sinusoids(positions, module.config.d_model).astype(x.dtype)
 
-  @nn.compact
-  def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-    if self.rate == 0.0 or deterministic:
-      return inputs
-    rng = self.make_rng(self.rng_collection) if rng is None else rng
-    threshold = round((1.0 - self.rate) * 256)
-    keep = jax.random.bits(rng, inputs.shape, jnp.uint8) < threshold
-    return jnp.where(keep, inputs * (256 / threshold), jnp.zeros_like(inputs))
+
+def byte_mask_dropout(next_fun, args, kwargs, context):
+  """Flax method interceptor: `nn.Dropout` with masks that compare 8-bit random numbers (a
+  quarter of the random bits of `bernoulli`'s float32 uniforms); the keep probability is
+  rounded to a multiple of 1/256."""
+  module = context.module
+  if not isinstance(module, nn.Dropout) or context.method_name != "__call__":
+    return next_fun(*args, **kwargs)
+  inputs = args[0]
+  deterministic = nn.merge_param("deterministic", module.deterministic,
+                                 kwargs.get("deterministic", args[1] if len(args) > 1 else None))
+  if module.rate == 0.0 or deterministic:
+    return inputs
+  threshold = round((1.0 - module.rate) * 256)
+  keep = jax.random.bits(module.make_rng(module.rng_collection), inputs.shape,
+                         jnp.uint8) < threshold
+  return jnp.where(keep, inputs * (256 / threshold), jnp.zeros_like(inputs))
 
 
 def variant(size: str, shape: tuple[int, int], prng_impl: str = "rbg",
             optimizer: str = "project", metrics: bool = True, segments: bool = True,
             loss: Callable = losses.label_smoothed_cross_entropy,
             accuracy: Callable = losses.accuracy,
-            sinusoids: Callable = layers.sinusoidal_encoding,
-            dropout: type[nn.Module] = nn.Dropout) -> Callable[[int], float]:
-  """A compiled step with the given changes -> (k -> seconds for k steps)."""
+            interceptors: tuple[Callable, ...] = ()) -> Callable[[int], float]:
+  """A compiled step with the given changes -> (k -> seconds for k steps); `interceptors`
+  (Flax method interceptors) change modules while the step is traced."""
   _, setup, state, batch = train_speed.jax_setup(size, prng_impl, *shape)
   chosen = {"project": setup.optimizer,
             "optax.adam": optax.adam(setup.schedule, b1=0.9, b2=0.98, eps=1e-9),
@@ -134,21 +153,19 @@ def variant(size: str, shape: tuple[int, int], prng_impl: str = "rbg",
     return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state), out
 
-  originals = layers.sinusoidal_encoding, nn.Dropout
-  layers.sinusoidal_encoding, nn.Dropout = sinusoids, dropout  # looked up while tracing only
-  try:
+  with contextlib.ExitStack() as stack:
+    for interceptor in interceptors:
+      stack.enter_context(nn.intercept_methods(interceptor))
     compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-  finally:
-    layers.sinusoidal_encoding, nn.Dropout = originals
   return train_speed.timed_runner(lambda current: compiled(current, batch), state)
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "current": {},
     "threefry dropout PRNG (JAX's default)": {"prng_impl": "threefry2x32"},
-    "8-bit dropout masks": {"dropout": ByteMaskDropout},
+    "8-bit dropout masks": {"interceptors": (byte_mask_dropout,)},
     "bfloat16 Adam first moment": {"optimizer": "bfloat16 first moment"},
-    "8-bit masks + bfloat16 first moment": {"dropout": ByteMaskDropout,
+    "8-bit masks + bfloat16 first moment": {"interceptors": (byte_mask_dropout,),
                                             "optimizer": "bfloat16 first moment"},
     "optax.adam (no zero weight decay)": {"optimizer": "optax.adam"},
     "one fused tree_map Adam": {"optimizer": "fused"},
@@ -157,7 +174,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "loss through a one-hot (old)": {"loss": one_hot_loss},
     "accuracy through argmax (old)": {"accuracy": argmax_accuracy},
     "no segment ids (padding masks only)": {"segments": False},
-    "sinusoids from a table": {"sinusoids": table_sinusoids},
+    "sinusoids from a table": {"interceptors": (table_sinusoid_encoding,)},
 }
 
 

@@ -1,6 +1,6 @@
 """The train step's memory options on this machine's CPU, against the plain Flax peer.
 
-    python benchmarks/step_options.py [--size base] [--shapes 8x256,16x32] [--steps 2]
+    python -m benchmarks.step_options [--size base] [--shapes 8x256,16x32] [--steps 2]
         [--rounds 3] [--dtype float32]
 
 Options (issue #60; config fields in parentheses): the vocabulary loss in chunks
@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import train_speed  # noqa: E402
+from benchmarks import train_speed
 
 # Config changes per variant: (model fields, train fields), on top of the step without options.
 WITHOUT_MODEL = {"logits_dtype": "float32", "attention_probs_dtype": "float32"}

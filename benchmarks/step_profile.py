@@ -1,6 +1,6 @@
 """Where the train step's time goes, from a `jax.profiler` trace: ours against the plain Flax peer.
 
-    python benchmarks/step_profile.py [--size base] [--shape 16x32] [--steps 3]
+    python -m benchmarks.step_profile [--size base] [--shape 16x32] [--steps 3]
 
 Traces a few steps of each compiled step (perfetto JSON), takes the time of every XLA:CPU thunk
 (one per fusion, dot, copy, ...) and files it under the model part its HLO `op_name` metadata
@@ -22,7 +22,6 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from typing import Any, Callable
@@ -30,11 +29,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax_peer  # noqa: E402
-import train_speed  # noqa: E402
-from transformer import steps  # noqa: E402
+from benchmarks import flax_peer
+from benchmarks import train_speed
+from transformer import steps
 
 # First matching keyword (in the lower-cased op_name) names the part.
 PARTS = [("dropout", "dropout"), ("rng", "dropout"), ("random", "dropout"),

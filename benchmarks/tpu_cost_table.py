@@ -10,11 +10,11 @@ was compiled with; tests/test_cost_table.py recompiles the small `check` row and
 current step no longer compiles to the committed figures. Resumable: finished compilations are
 read back from the output directory.
 
-    python benchmarks/tpu_cost_table.py table [--slices v4-8,v5litepod-8,v5p-8] [--models base,big]
+    python -m benchmarks.tpu_cost_table table [--slices v4-8,v5litepod-8,v5p-8] [--models base,big]
         [--layouts dp,dp+remat]
-    python benchmarks/tpu_cost_table.py before-after [--slices v4-8] [--models base,big]
+    python -m benchmarks.tpu_cost_table before-after [--slices v4-8] [--models base,big]
         [--name before_after]
-    python benchmarks/tpu_cost_table.py check
+    python -m benchmarks.tpu_cost_table check
 
 `before-after` compiles the train step with each of the step's memory options alone and all
 of them, against the step without them, at the table row's layout, and draws
@@ -26,25 +26,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from transformer import aot  # noqa: E402
+from transformer import aot
 
 aot.prepare_off_device_compilation()
 # The winner's train step is compiled again with its decode step: the second time from the cache.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join("runs", "tpu_compile_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import ml_collections  # noqa: E402
+import ml_collections  # noqa: E402  (after the off-device set-up above)
 
-import step_options  # noqa: E402  (benchmarks/, beside this file)
-from experiments.configs import wmt14_base, wmt14_big  # noqa: E402
-from transformer import flops, provenance, steps, tpu_slices, workdir  # noqa: E402
+from benchmarks import step_options  # noqa: E402  (after the off-device set-up above)
+from experiments.configs import wmt14_base, wmt14_big  # noqa: E402  (after the off-device set-up above)
+from transformer import flops, provenance, steps, tpu_slices, workdir  # noqa: E402  (after the off-device set-up above)
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tpu_compile")
 

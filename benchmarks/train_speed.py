@@ -1,7 +1,7 @@
 """Train-step speed: our jitted JAX step against two peers, interleaved in one run.
 
     pip install -e '.[bench]'   # CPU torch: see benchmarks/README.md
-    python benchmarks/train_speed.py [--sizes tiny,small,base] [--shapes 16x32,8x256] \
+    python -m benchmarks.train_speed [--sizes tiny,small,base] [--shapes 16x32,8x256] \
         [--steps 10] [--rounds 3]
 
 Peers, each at its best: (1) `torch_peer.py`, `torch.nn.TransformerEncoderLayer`/
@@ -28,14 +28,13 @@ import sys
 import time
 from typing import Any, Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import transformer  # noqa: E402, F401  (first: a quiet JAX start-up with the CUDA plugin installed)
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import transformer  # noqa: F401  (first: a quiet JAX start-up with the CUDA plugin installed)
+import jax
+import numpy as np
 
-from experiments.configs import common  # noqa: E402
-from transformer import flops, sharding, steps, training  # noqa: E402
+from experiments.configs import common
+from transformer import flops, sharding, steps, training
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SIZES = {"tiny": (64, 4, 256, 2), "small": (256, 4, 1024, 3), "base": (512, 8, 2048, 6),
@@ -106,7 +105,7 @@ def jax_step(size: str, prng_impl: str = "threefry2x32", shape: tuple[int, int] 
 
 def flax_step(size: str, shape: tuple[int, int] = (BATCH, LENGTH)):
   """(run k steps -> seconds) for the plain Flax Linen peer."""
-  import flax_peer
+  from benchmarks import flax_peer
 
   source, target = random_pair(*shape)
   step, state = flax_peer.make_step(VOCAB, *SIZES[size], source, target)
@@ -120,7 +119,7 @@ def torch_step(size: str, use_compile: bool, shape: tuple[int, int] = (BATCH, LE
   import torch
   from torch import nn
 
-  import torch_peer
+  from benchmarks import torch_peer
 
   if device == "cpu":
     torch_peer.use_all_cores()
@@ -164,7 +163,7 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
   """FLOP/s of a large float32 matmul in JAX and in torch (best of three tries each)."""
   import torch
 
-  import torch_peer
+  from benchmarks import torch_peer
 
   torch_peer.use_all_cores()
 
@@ -186,11 +185,11 @@ def peak_rss_growth(size: str, framework: str, steps: int) -> int:
   Read from /proc/self/status (VmHWM), which starts afresh at exec; getrusage's ru_maxrss would
   carry over the parent's peak.
   """
-  code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-          "import train_speed as t; before = t.high_water_mark(); "
+  code = ("from benchmarks import train_speed as t; before = t.high_water_mark(); "
           f"f = t.jax_step({size!r})[0] if {framework!r} == 'jax' else t.torch_step({size!r}, "
           f"False); f({steps}); print(t.high_water_mark() - before)")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else -1
 
 

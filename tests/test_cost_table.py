@@ -3,16 +3,12 @@ of benchmarks/tpu_cost_table.py, compiled again, gives the committed figures."""
 
 import json
 import os
-import sys
 
 import jax
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "benchmarks"))
-import tpu_cost_table  # noqa: E402
-
-from transformer import provenance  # noqa: E402
+from benchmarks import tpu_cost_table
+from transformer import provenance
 
 EXACT = ("hbm_bytes_per_device", "flops_per_device", "unmodeled_custom_calls",
          "hbm_traffic_bytes_per_device")
@@ -24,13 +20,13 @@ def test_the_check_row_compiles_to_the_committed_figures():
     committed = json.load(handle)
   assert committed["libtpu"] == provenance.versions()["libtpu"], (
       "the committed table was compiled with another libtpu: regenerate it "
-      "(python benchmarks/tpu_cost_table.py check / table / before-after)")
+      "(python -m benchmarks.tpu_cost_table check / table / before-after)")
   # As the table script compiles: JAX's default matmul precision (conftest.py sets "highest").
   with jax.default_matmul_precision(None):
     current = tpu_cost_table.full_report("check", "dp", "v4-8")
   assert current["config_changes"] == committed["config_changes"]
   stale = "the train step changed since the TPU cost table was compiled: regenerate it " \
-          "(python benchmarks/tpu_cost_table.py check / table / before-after)"
+          "(python -m benchmarks.tpu_cost_table check / table / before-after)"
   for step in ("train", "decode"):
     for key in EXACT:
       assert current[step][key] == committed[step][key], f"{step} {key}: {stale}"

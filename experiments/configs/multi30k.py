@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 4,000 steps in the same time) lost (39.45 vs 40.56), as did learning-rate factor 2 (36.08),
   # a 4k vocabulary (39.36 at equal steps), warm-up 500 (38.99), batch 32 x 128 (40.01 at equal
   # tokens), averaging 20 and beam 5. The last 10 checkpoints (100 steps apart) are kept;
-  # benchmarks/quality.py averages 5 or 10 and picks alpha on `val`. Validation BLEU every 500
+  # experiments/quality.py averages 5 or 10 and picks alpha on `val`. Validation BLEU every 500
   # steps draws the learning curve.
   config.train.update(dict(num_steps=2800, warmup_steps=1000, eval_every_steps=500,
                            checkpoint_every_steps=100, keep_checkpoints=10, bleu_every_steps=500,

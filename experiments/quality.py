@@ -1,10 +1,11 @@
 """Translation quality on real data: train, average the last checkpoints, decode the test split.
 
-    python benchmarks/quality.py --task multi30k [--workdir runs/multi30k] [--skip_training]
-    python benchmarks/quality.py --task tatoeba-zh-en
-    python benchmarks/quality.py --task tatoeba-en-zh
+    python -m experiments.quality --task multi30k [--workdir runs/multi30k] [--skip_training]
+    python -m experiments.quality --task tatoeba-zh-en
+    python -m experiments.quality --task tatoeba-en-zh
 
-Each phase is an ordinary `python -m transformer.main` command (training resumes from the
+Each phase is a trainer `Job` run by the sweep runner's launchers (`--launcher=local`, or `srun`
+inside a SLURM allocation), its output appended to WORKDIR/log.txt (training resumes from the
 workdir's checkpoints): train; average the last 5 and the last 10 checkpoints (`--mode=average`,
 into WORKDIR/averaged_5 and averaged_10); decode the validation split with beam 4 and alpha 0.6,
 1.0 or 1.4 from each average and keep the best of the six (the test split is not looked at to
@@ -31,18 +32,18 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import matplotlib.pyplot as plt  # (after choosing the backend)
 
-from transformer.logged_time import cumulative_seconds  # noqa: E402
-from transformer import workdir as workdir_lib  # noqa: E402
+from experiments import sweep
+from launch.job import Job
+from transformer.logged_time import cumulative_seconds
+from transformer import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -65,13 +66,16 @@ BEAM = ["--config.decode.method=beam", "--config.decode.beam_size=4"]
 EXTRA_STYLES = {"multi30k": ["multi30k"]}
 
 
-def run_phase(argv: list[str]) -> float:
-  """Runs one `transformer.main` command (output streamed); returns its wall seconds."""
+def run_phase(job: Job, launcher: sweep.Launcher) -> float:
+  """Runs one trainer job through a sweep launcher, its output appended to WORKDIR/log.txt;
+  returns its wall seconds."""
+  os.makedirs(job.workdir, exist_ok=True)
+  log = os.path.join(job.workdir, "log.txt")
+  print(f"+ {' '.join(job.flags())}  (progress: tail -f {log})", flush=True)
   start = time.perf_counter()
-  print("+ " + " ".join(argv), flush=True)
-  code = subprocess.run([sys.executable, "-m", "transformer.main", *argv], cwd=REPO).returncode
+  code = launcher(job, log)
   if code != 0:
-    raise SystemExit(f"error: `{' '.join(argv)}` failed with exit code {code}")
+    raise SystemExit(f"error: `{' '.join(job.flags())}` failed with exit code {code}; see {log}")
   return time.perf_counter() - start
 
 
@@ -128,22 +132,25 @@ def markdown(task: str, rows: list[dict[str, Any]], timing: dict[str, float]) ->
   return "\n".join(lines)
 
 
-def average_last(common: list[str], workdir: str, count: int, until: int = 0) -> str:
+def average_last(base: Job, launcher: sweep.Launcher, count: int, until: int = 0) -> str:
   """Averages the last `count` checkpoints (those at or before step `until` when it is > 0)
   into WORKDIR/averaged_COUNT (averaged_COUNT_until_STEP); returns that name."""
-  run_phase([*common, "--mode=average", f"--config.eval.num_average={count}",
-             f"--config.eval.average_until_step={until}"])
+  workdir = base.workdir
+  run_phase(base.with_flags("--mode=average", f"--config.eval.num_average={count}",
+                            f"--config.eval.average_until_step={until}"), launcher)
   name = f"averaged_{count}" + (f"_until_{until}" if until > 0 else "")
   shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
   os.replace(os.path.join(workdir, "averaged"), os.path.join(workdir, name))
   return name
 
 
-def evaluate(common: list[str], workdir: str, directory: str, flags: list[str]
+def evaluate(base: Job, launcher: sweep.Launcher, directory: str, flags: list[str]
              ) -> dict[str, Any]:
   """`--mode=evaluate` of WORKDIR/DIRECTORY with `flags`; returns the result it wrote."""
-  run_phase([*common, "--mode=evaluate", f"--checkpoint_dir={os.path.join(workdir, directory)}",
-             *flags])
+  workdir = base.workdir
+  run_phase(base.with_flags("--mode=evaluate",
+                            f"--checkpoint_dir={os.path.join(workdir, directory)}", *flags),
+            launcher)
   result = workdir_lib.newest_evaluation(workdir)
   if os.path.basename(os.path.normpath(result["checkpoint"])) != directory:
     raise SystemExit(f"error: expected an evaluation of {directory}, found {result['checkpoint']}")
@@ -176,16 +183,16 @@ def average_choices(kept: int) -> list[int]:
   return [count for count in AVERAGE_CHOICES if count <= kept] or [min(AVERAGE_CHOICES)]
 
 
-def tune_on_validation(common: list[str], workdir: str, split: str, until: int = 0
+def tune_on_validation(base: Job, launcher: sweep.Launcher, split: str, until: int = 0
                        ) -> list[dict[str, Any]]:
   """Validation BLEU (beam 4) for each number of averaged checkpoints (those at or before step
   `until` when it is > 0) and alpha, best first."""
   grid = []
-  kept = [step for step in kept_steps(workdir) if until <= 0 or step <= until]
+  kept = [step for step in kept_steps(base.workdir) if until <= 0 or step <= until]
   for count in average_choices(len(kept)):
-    directory = average_last(common, workdir, count, until)
+    directory = average_last(base, launcher, count, until)
     for alpha in ALPHA_CHOICES:
-      result = evaluate(common, workdir, directory,
+      result = evaluate(base, launcher, directory,
                         [*BEAM, f"--config.decode.alpha={alpha}", f"--config.eval.split={split}"])
       grid.append({"num_average": count, "directory": directory, "alpha": alpha,
                    "val_bleu": result["bleu"], "val_sentences": result["sentences"],
@@ -235,12 +242,12 @@ def test_decodes(task: str, best: dict[str, Any], prefix: str, baselines: bool
                     for split in EXTRA_TEST_SPLITS.get(task, [])]
 
 
-def decode_test(common: list[str], workdir: str,
+def decode_test(base: Job, launcher: sweep.Launcher,
                 decodes: list[tuple[str, str, list[str]]]) -> list[dict[str, Any]]:
   """Runs the test decodes; one row per decode and extra BLEU style."""
   rows = []
   for label, directory, decode_flags in decodes:
-    result = evaluate(common, workdir, directory, decode_flags)
+    result = evaluate(base, launcher, directory, decode_flags)
     rows.append({"label": label, **{k: result[k] for k in (
         "bleu", "chrf", "bleu_signature", "step", "split", "sentences", "outputs")}})
     for style, scored in result.get("extra_bleu", {}).items():
@@ -257,6 +264,8 @@ def main() -> None:
                       help="a recipe probe: train and decode the validation split only (the "
                            "grid, and greedy on its best average); the test split is not read; "
                            "writes results/tuning/TASK.WORKDIR_NAME.json")
+  parser.add_argument("--launcher", default="local", choices=sorted(sweep.LAUNCHERS),
+                      help="local: subprocesses; srun: SLURM job steps (inside an allocation)")
   parser.add_argument("--budget_minutes", type=float, default=60.0,
                       help="training minutes (steps and validation passes); a longer run is "
                            "also evaluated on the checkpoints saved within them")
@@ -268,11 +277,12 @@ def main() -> None:
     parser.error(f"--budget_minutes must be positive, got {args.budget_minutes}")
   workdir = args.workdir or os.path.join("runs", f"quality_{args.task}")
   config_file, validation_split = TASKS[args.task]
-  common = [f"--config={config_file}", f"--workdir={workdir}", *config_flags]
+  base = Job(config_file, workdir).with_flags(*config_flags)
+  launcher = sweep.LAUNCHERS[args.launcher]
   timing = {}
   if not args.skip_training:
     # The test split is decoded below, after averaging.
-    timing["training"] = run_phase([*common, "--config.train.test_at_end=false"])
+    timing["training"] = run_phase(base.with_flags("--config.train.test_at_end=false"), launcher)
   records = workdir_lib.read_metrics(workdir)
   timing["training (steps and validation passes)"] = training_seconds(records)
   mark = budget_step(records, kept_steps(workdir), args.budget_minutes)
@@ -282,13 +292,13 @@ def main() -> None:
     print(f"note: training took {minutes:.1f} minutes and kept no checkpoint from "
           f"{within}: only the whole run is evaluated", flush=True)
   start = time.perf_counter()
-  grids = {"whole run": tune_on_validation(common, workdir, validation_split)}
+  grids = {"whole run": tune_on_validation(base, launcher, validation_split)}
   if mark is not None:
-    grids[within] = tune_on_validation(common, workdir, validation_split, until=mark)
+    grids[within] = tune_on_validation(base, launcher, validation_split, until=mark)
   timing["averaging and tuning on validation"] = time.perf_counter() - start
   best = grids["whole run"][0]
   if args.tune_only:
-    greedy = evaluate(common, workdir, best["directory"],
+    greedy = evaluate(base, launcher, best["directory"],
                       ["--config.decode.method=greedy", f"--config.eval.split={validation_split}"])
     write_probe(args.task, workdir, config_flags, grids, timing, greedy, records[-1]["step"])
     return
@@ -296,7 +306,7 @@ def main() -> None:
   if mark is not None:
     decodes = test_decodes(args.task, grids[within][0], f"{within}: ", baselines=False) + decodes
   start = time.perf_counter()
-  rows = decode_test(common, workdir, decodes)
+  rows = decode_test(base, launcher, decodes)
   timing["test evaluation"] = time.perf_counter() - start
   os.makedirs(RESULTS, exist_ok=True)
   plot_learning_curve(records, f"{args.task}: learning curve",
