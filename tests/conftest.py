@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -13,3 +15,9 @@ import transformer  # noqa: E402, F401  (quiet JAX start-up with the CUDA plugin
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """A tfds data_dir per test module (the tiny config prepares its generated task there)."""
+  return tmp_path_factory.mktemp("tfds")

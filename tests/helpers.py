@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from tests import tiny_config as tiny_config_file
+from transformer import sharding, steps, training
 from transformer.config import ModelConfig
 from transformer.model import Transformer
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_command(*flags: str) -> list[str]:
+  """`python -m transformer.main` on the tiny test config with `flags`."""
+  return [sys.executable, "-m", "transformer.main", "--config=tests/tiny_config.py", *flags]
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+  """The environment of a trainer process: `devices` simulated CPU devices, quiet, unbuffered."""
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+              TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+
+
+def run_main(*flags: str, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+  """Runs the trainer as users do, in a subprocess from the repository root."""
+  return subprocess.run(main_command(*flags), cwd=REPO, env=subprocess_env(devices),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def dirs(workdir, data_dir) -> list[str]:
+  """The flags naming a run's workdir and its tfds data_dir."""
+  return [f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
 
 
 def random_tokens(seed: int, shape: tuple[int, ...], vocab_size: int, low: int = 3) -> jnp.ndarray:
@@ -70,3 +103,79 @@ def numpy_feed_forward(x, params):
   p = jax.tree.map(np.asarray, params)
   hidden = np.maximum(0.0, x @ p["wi"]["kernel"] + p["wi"]["bias"])
   return hidden @ p["wo"]["kernel"] + p["wo"]["bias"]
+
+
+# Runs of the tiny config.
+
+def tiny_config(data_dir, **train):
+  """The tiny test config with its tfds data in `data_dir` and `train` fields changed."""
+  config = tiny_config_file.get_config()
+  config.data.data_dir = str(data_dir)
+  config.train.update(train)
+  return config
+
+
+def fixed_batches(count, rows=16, length=32, seed=0):
+  """`count` packed-format batches of random sentences, the same for every call."""
+  rng = np.random.RandomState(seed)
+  batches = []
+  for _ in range(count):
+    batch = {k: np.array(v) for k, v in training.dummy_batch(rows, length).items()}
+    for feature in ("inputs", "targets"):
+      lengths = rng.randint(4, length, rows)
+      for row, n in enumerate(lengths):
+        batch[feature][row, :n] = rng.randint(3, 128, n)
+        batch[f"{feature}_segmentation"][row, :n] = 1
+        batch[f"{feature}_position"][row, :n] = np.arange(n)
+    batches.append(batch)
+  return batches
+
+
+def losses_on_mesh(config, mesh_shape, devices, batches):
+  """Per-step training losses on `batches` with the given mesh."""
+  config = config.copy_and_resolve_references()
+  config.mesh.update(dict(zip(("data", "fsdp", "tensor"), mesh_shape)))
+  setup = steps.make_setup(config, devices=devices)
+  state = steps.initial_state(setup)
+  step = steps.compiled_train_step(setup, config)
+  result = []
+  for batch in batches:
+    state, metrics = step(state, sharding.global_batch(batch, setup.mesh))
+    result.append(float(metrics["loss_sum"]) / float(metrics["weight"]))
+  return result, state
+
+
+def logged_losses(workdir):
+  """step -> training loss, the last record winning (a resumed run repeats steps)."""
+  result = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as handle:
+    for line in handle:
+      record = json.loads(line)
+      if "loss" in record:
+        result[record["step"]] = record["loss"]
+  return result
+
+
+def wait_for(predicate, timeout=120):
+  """Polls `predicate` until it holds; TimeoutError after `timeout` seconds."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return
+    time.sleep(0.02)
+  raise TimeoutError("condition not reached")
+
+
+def max_logged_step(workdir):
+  """The last step with a logged training loss (0 before the first)."""
+  try:
+    return max(logged_losses(workdir), default=0)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return 0
+
+
+# Hypotheses and references the multi-process worker scores, split unevenly between processes.
+SCORED_PAIRS = (["the cat sat on the mat", "a dog runs fast", "hello there friend",
+                 "seven thousand three hundred", "the quick brown fox jumps"],
+                ["the cat sat on a mat", "the dog runs fast", "hello there my friend",
+                 "seven thousand three hundred two", "a quick brown fox jumped"])

@@ -1,7 +1,8 @@
 """One process of a multi-process CPU run: `python multihost_worker.py PID N PORT [TIMEOUT]`.
 
 Trains a few steps of the tiny config on fixed global batches, each process feeding its rows,
-and prints the losses as JSON on its last line.
+scores BLEU and chrF over sentences split unevenly between the processes, and prints the losses
+and scores as JSON on its last line.
 """
 
 import json
@@ -13,11 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 
-from transformer import distributed, sharding, steps  # noqa: E402
+from transformer import distributed, evaluation, sharding, steps  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-import test_training  # noqa: E402
-import tiny_config  # noqa: E402
+from tests import helpers, tiny_config  # noqa: E402
 
 
 def main() -> None:
@@ -33,13 +32,16 @@ def main() -> None:
   state = steps.initial_state(setup)
   step = steps.compiled_train_step(setup, config)
   losses = []
-  for batch in test_training.fixed_batches(3):
+  for batch in helpers.fixed_batches(3):
     rows = len(batch["inputs"]) // num_processes
     local = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in batch.items()}
     state, metrics = step(state, sharding.global_batch(local, setup.mesh))
     losses.append(float(metrics["loss_sum"]) / float(metrics["weight"]))
+  hypotheses, references = helpers.SCORED_PAIRS
+  mine = slice(0, 2) if process_id == 0 else slice(2, None)  # 2 sentences here, the rest there
+  scores = evaluation.score(hypotheses[mine], references[mine], "en")
   print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
-                    "losses": losses}))
+                    "losses": losses, "bleu": scores["bleu"], "chrf": scores["chrf"]}))
 
 
 if __name__ == "__main__":

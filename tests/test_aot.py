@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import helpers
 from transformer import aot, flops, hlo_cost, sharding, steps, tpu_slices
 from transformer.config import ModelConfig
 from transformer.model import Transformer
@@ -150,16 +151,8 @@ def test_a_step_without_an_estimate_is_a_one_line_error():
         '}\n'))
 
 
-def run_main(*args, devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-  return subprocess.run([sys.executable, "-m", "transformer.main",
-                         "--config=tests/tiny_config.py", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
 def test_compile_mode_for_a_topology_writes_the_json(tmp_path):
-  result = run_main("--mode=compile", "--topology=v5litepod-4", f"--workdir={tmp_path}",
+  result = helpers.run_main("--mode=compile", "--topology=v5litepod-4", f"--workdir={tmp_path}",
                     "--config.data.eval_batch_size=8", "--config.data.max_eval_length=16")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "v5litepod-4 (v5e:2x2, 4 chips, 1 host(s))" in result.stdout
@@ -175,7 +168,7 @@ def test_compile_mode_for_a_topology_writes_the_json(tmp_path):
 
 
 def test_an_oversized_batch_is_a_one_line_error(tmp_path):
-  result = run_main("--mode=compile", "--topology=v5litepod-1", f"--workdir={tmp_path}",
+  result = helpers.run_main("--mode=compile", "--topology=v5litepod-1", f"--workdir={tmp_path}",
                     "--config.data.batch_size=1024", "--config.data.packed_length=512",
                     "--config.data.max_train_length=512", "--config.model.max_len=600",
                     "--config.model.vocab_size=32000", "--config.data.eval_batch_size=8",
@@ -190,7 +183,7 @@ def test_an_oversized_batch_is_a_one_line_error(tmp_path):
 
 
 def test_unknown_topology_is_a_one_line_error(tmp_path):
-  result = run_main("--mode=compile", "--topology=v4-9", f"--workdir={tmp_path}")
+  result = helpers.run_main("--mode=compile", "--topology=v4-9", f"--workdir={tmp_path}")
   assert result.returncode != 0
   assert "error: --topology: unknown TPU accelerator type 'v4-9'; known: v4-8" in result.stderr
   assert "Traceback" not in result.stderr
@@ -200,11 +193,11 @@ def test_second_start_loads_the_train_step_from_the_compilation_cache(tmp_path):
   data_dir = tmp_path / "tfds"
   common = [f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={data_dir}",
             "--config.train.eval_every_steps=100", "--config.train.checkpoint_every_steps=100"]
-  first = run_main(*common, "--config.train.num_steps=2")
+  first = helpers.run_main(*common, "--config.train.num_steps=2")
   assert first.returncode == 0, first.stderr[-3000:]
   assert "persistent compilation cache" not in first.stdout
   assert os.listdir(tmp_path / "run" / "compilation_cache")
-  second = run_main(*common, "--config.train.num_steps=4")
+  second = helpers.run_main(*common, "--config.train.num_steps=4")
   assert second.returncode == 0, second.stderr[-3000:]
   assert "loaded the compiled train step from the persistent compilation cache" in second.stdout
 

@@ -1,18 +1,53 @@
-"""Preemption of a two-process run: SIGTERM reaches one host only, both stop at the same step."""
+"""Several processes as one run (local processes on 127.0.0.1): they train like one, score BLEU
+over every process's sentences, fail fast when one is missing, and on SIGTERM to one host all
+stop at the same step and resume exactly."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
+import pytest
+import sacrebleu
 
+from tests import helpers
+from tests.helpers import REPO, fixed_batches, losses_on_mesh, tiny_config
 from transformer import checkpointing
 
-from test_training import logged_losses
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def test_two_processes_train_like_one(data_dir):
+  port = 20000 + os.getpid() % 20000
+  worker = os.path.join(REPO, "tests", "multihost_worker.py")
+  processes = [subprocess.Popen([sys.executable, worker, str(i), "2", str(port)], cwd=REPO,
+                                env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for process, (out, err) in zip(processes, outputs):
+    assert process.returncode == 0, err[-3000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  assert [r["devices"] for r in results] == [4, 4]
+  config = tiny_config(data_dir, warmup_steps=2)
+  reference, _ = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], fixed_batches(3))
+  # Corpus BLEU and chrF over both processes' sentences, as one process scores the whole set.
+  bleu = sacrebleu.corpus_bleu(helpers.SCORED_PAIRS[0], [helpers.SCORED_PAIRS[1]]).score
+  chrf = sacrebleu.corpus_chrf(helpers.SCORED_PAIRS[0], [helpers.SCORED_PAIRS[1]]).score
+  for result in results:
+    np.testing.assert_allclose(result["losses"], reference, rtol=2e-5)
+    assert (result["bleu"], result["chrf"]) == pytest.approx((bleu, chrf), abs=1e-9)
+
+
+def test_missing_process_fails_fast(tmp_path):
+  port = 40000 + os.getpid() % 20000
+  worker = os.path.join(REPO, "tests", "multihost_worker.py")
+  result = subprocess.run([sys.executable, worker, "0", "2", str(port), "5"], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode != 0
+  assert "could not join 2 processes at 127.0.0.1" in result.stderr
 
 
 def start(workdir, data_dir, port, num_steps):
@@ -41,13 +76,13 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_and_resumes_exactly(tmp
   port = 21000 + os.getpid() % 9000
   data_dir = tmp_path / "tfds"
   finish(start(tmp_path / "reference", data_dir, port, 20))
-  expected = logged_losses(tmp_path / "reference")
+  expected = helpers.logged_losses(tmp_path / "reference")
 
   workdir = tmp_path / "preempted"
   processes = start(workdir, data_dir, port + 1, 100_000)
   deadline = time.time() + 240
   while time.time() < deadline:
-    if os.path.exists(workdir / "metrics.jsonl") and max(logged_losses(workdir), default=0) >= 4:
+    if helpers.max_logged_step(workdir) >= 4:
       break
     time.sleep(0.05)
   processes[1].send_signal(signal.SIGTERM)  # one host only: the other learns it from the gather
@@ -61,7 +96,7 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_and_resumes_exactly(tmp
   assert os.path.isdir(workdir / "checkpoints" / str(saved[0]) / "data_iterator")
 
   finish(start(workdir, data_dir, port + 2, 20))
-  got = logged_losses(workdir)
+  got = helpers.logged_losses(workdir)
   assert sorted(got) == sorted(expected)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
                              rtol=1e-6)
