@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     gcloud = Gcloud(options.dry_run)
     gcloud.check_ready()
     if options.command == "sweep":
-      from launch import tpu_sweep  # noqa: PLC0415  (imports the sweep runner and TensorFlow)
+      from launch import tpu_sweep  # noqa: PLC0415  (the sweep runner imports JAX: not for the other commands)
       tpu_sweep.run_sweep_on_vms(gcloud, options)
       return
     vm = TpuVm(gcloud, options)

@@ -14,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from transformer import tpu_slices
 from transformer.config import ModelConfig
 
 
@@ -60,10 +61,14 @@ def mfu(model_flops_per_step: float, steps: int, seconds: float, peak_flops: flo
   return model_flops_per_step * steps / seconds / peak_flops
 
 
-# Dense bf16 peak FLOP/s per device, for MFU (public spec sheets).
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12, "H200": 989e12,
-              "A100": 312e12}
+# JAX's device kinds of each TPU generation in tpu_slices.CHIPS.
+_TPU_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5p": "v5p",
+              "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
+# Dense bf16 peak FLOP/s per device, for MFU: TPUs from the chip table, GPUs from NVIDIA's
+# spec sheets (dense, without sparsity).
+PEAK_FLOPS = {**{kind: tpu_slices.CHIPS[generation].peak_bf16_flops
+                 for kind, generation in _TPU_KINDS.items()},
+              "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def measured_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:

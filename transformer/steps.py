@@ -4,7 +4,7 @@
 sharded shape; `initial_state` creates parameters born sharded; `compiled_train_step` and
 `compiled_eval_step` jit the pure steps of `training.py` with explicit shardings. The training
 loop (`run.py`), the other modes (`modes.py`), ahead-of-time compilation (`aot.py`) and the
-benchmarks share them; nothing here reads data, so none of it needs TensorFlow.
+benchmarks share them; nothing here reads data.
 """
 
 from __future__ import annotations
