@@ -39,7 +39,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
   """The launcher's command line: COMMAND and its flags."""
-  result = _Parser(prog="python -m launch.tpu", epilog=f"Commands: {', '.join(COMMANDS)}", add_help=False)
+  result = _Parser(prog="python -m launch.tpu", epilog=f"Commands: {', '.join(COMMANDS)}",
+                   add_help=False)
   add = result.add_argument
   add("command", nargs="?", help=f"one of {', '.join(COMMANDS)}")
   add("--launch_config", default=None, help="JSON file with defaults for these flags.")
