@@ -78,9 +78,9 @@ def ours(loaded: checkpointing.Loaded) -> Engine:
 
 def ctranslate2_engine(directory: str, tokenizer, name: str) -> Engine:
   """A CTranslate2 export on all cores, fed our SentencePiece pieces."""
-  import ctranslate2
+  from transformer.export import to_ctranslate2  # needs the [serve] extra
 
-  translator = ctranslate2.Translator(directory, device="cpu", intra_threads=os.cpu_count())
+  translator = to_ctranslate2.translator(directory)  # all cores
   lookup = {piece: index for index, piece in
             enumerate(tokenizer.pieces(range(tokenizer.vocab_size)))}
 

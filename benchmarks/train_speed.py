@@ -28,7 +28,6 @@ import sys
 import time
 from typing import Any, Callable
 
-
 import transformer  # noqa: F401  (first: a quiet JAX start-up with the CUDA plugin installed)
 import jax
 import numpy as np

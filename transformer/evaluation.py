@@ -20,24 +20,31 @@ from transformer.data.inputs import EvalSet
 from transformer.data.tokenizer import TokenizerBase
 from transformer.model import Transformer
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
-         style: str = "sacrebleu") -> dict[str, Any]:
-  """BLEU of `style` of detokenized hypotheses and its signature (the style's recipe first)."""
+def score(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
+          style: str = "sacrebleu", extra_styles: Sequence[str] = ()) -> dict[str, Any]:
+  """BLEU (of `style`) and chrF of detokenized hypotheses, with sacreBLEU signatures, over
+  every process's sentences (gathered once); `extra_styles` score the same hypotheses in other
+  BLEU styles too (`extra_bleu`)."""
+  hypotheses, references = all_processes(hypotheses), all_processes(references)
+  chrf = sacrebleu.metrics.CHRF()
+  chrf_score = chrf.corpus_score(hypotheses, [references])
+  result = {**_corpus_bleu(hypotheses, references, target_lang, style), "bleu_style": style,
+            "chrf": chrf_score.score, "chrf_signature": str(chrf.get_signature())}
+  if extra_styles:
+    result["extra_bleu"] = {extra: _corpus_bleu(hypotheses, references, target_lang, extra)
+                            for extra in extra_styles}
+  return result
+
+
+def _corpus_bleu(hypotheses: list[str], references: list[str], target_lang: str, style: str
+                 ) -> dict[str, Any]:
+  """BLEU of `style` of the whole corpus (every process's sentences, already gathered)."""
   transform, metric, recipe = bleu_styles.preparation(style, target_lang)
-  result = _corpus_score(metric, [transform(h) for h in hypotheses],
-                         [transform(r) for r in references])
+  result = metric.corpus_score([transform(h) for h in hypotheses],
+                               [[transform(r) for r in references]])
   signature = str(metric.get_signature())
   return {"bleu": result.score,
           "bleu_signature": signature if style == "sacrebleu" else f"{recipe}|{signature}"}
-
-
-def score(hypotheses: Sequence[str], references: Sequence[str], target_lang: str,
-          style: str = "sacrebleu") -> dict[str, Any]:
-  """BLEU (of `style`) and chrF of detokenized hypotheses, with sacreBLEU signatures."""
-  chrf = sacrebleu.metrics.CHRF()
-  chrf_score = _corpus_score(chrf, hypotheses, references)
-  return {**bleu(hypotheses, references, target_lang, style), "bleu_style": style,
-          "chrf": chrf_score.score, "chrf_signature": str(chrf.get_signature())}
 
 
 # A piece of two or more characters repeated three or more times in a row ("吃吃吃吃吃吃",
@@ -57,11 +64,6 @@ def output_stats(hypotheses: Sequence[str], references: Sequence[str]) -> dict[s
       "unknown": sum(UNKNOWN_SURFACE in h for h in hypotheses) / count,
       "over_twice_reference": sum(len(h) > 2 * len(r) for h, r in zip(hypotheses, references))
                               / count}
-
-
-def _corpus_score(metric: Any, hypotheses: Sequence[str], references: Sequence[str]) -> Any:
-  """A corpus score over every process's sentences (each process holds its own share)."""
-  return metric.corpus_score(all_processes(hypotheses), [all_processes(references)])
 
 
 def all_processes(texts: Sequence[str]) -> list[str]:

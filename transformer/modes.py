@@ -64,12 +64,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
   options = inference.DecodeOptions.from_config(trained.decode)
   hypotheses, _ = evaluation.translate_eval_set(loaded.model, loaded.params, evaluation_set,
                                                 loaded.tokenizer, options, loaded.mesh)
+  # The same hypotheses scored in the extra styles too: one decode for all of them.
   result = evaluation.score(hypotheses, evaluation_set.references, trained.data.target_lang,
-                            config.eval.bleu_style)
-  if extra_styles:  # the same hypotheses scored in other styles: one decode for all of them
-    result["extra_bleu"] = {
-        style: evaluation.bleu(hypotheses, evaluation_set.references, trained.data.target_lang,
-                               style) for style in extra_styles}
+                            config.eval.bleu_style, extra_styles)
   result.update(step=loaded.step, split=name, sentences=len(hypotheses), checkpoint=directory,
                 decode=dict(config.decode),
                 outputs=evaluation.output_stats(hypotheses, evaluation_set.references))
