@@ -32,9 +32,11 @@ import transformer  # noqa: F401  (first: a quiet JAX start-up)
 import jax.numpy as jnp
 import numpy as np
 
-from transformer import checkpointing, evaluation, export, inference, provenance, workdir
+from transformer import (checkpointing, decoding, evaluation, export, inference, provenance,
+                         workdir)
 from transformer.config_files import load_config
 from transformer.data import datasets, inputs
+from transformer.special_ids import EOS_ID, until_eos
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BEAM, ALPHA, EXTRA_LENGTH, WIDTH_STEP = 4, 0.6, 50, 8
@@ -42,12 +44,14 @@ BEAM, ALPHA, EXTRA_LENGTH, WIDTH_STEP = 4, 0.6, 50, 8
 DECODES = (("beam 4", "beam", ALPHA), ("beam 4, no length penalty", "beam", 0.0),
            ("greedy", "greedy", 0.0))
 
-Translate = Callable[[list[str], str, float], list[str]]
+# (sources, method, length penalty) -> the target ids of each output, without EOS or padding
+Translate = Callable[[list[str], str, float], list[list[int]]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Engine:
-  """One way of serving the model: `translate(batch, method, penalty)` -> texts."""
+  """One way of serving the model: `translate(batch, method, penalty)` -> target ids (all
+  engines share our vocabulary)."""
 
   name: str
   translate: Translate
@@ -66,13 +70,13 @@ def padded(rows: list[list[int]], step: int = WIDTH_STEP) -> np.ndarray:
 
 def ours(loaded: checkpointing.Loaded) -> Engine:
   """Our decoder (jit-compiled, key/value cache) on the checkpoint itself."""
-  def translate(sources: list[str], method: str, penalty: float) -> list[str]:
+  def translate(sources: list[str], method: str, penalty: float) -> list[list[int]]:
     options = inference.DecodeOptions(method=method, beam_size=BEAM, alpha=penalty,
                                       extra_length=EXTRA_LENGTH)
     source_ids = padded(loaded.tokenizer.encode(sources, "source"))
     ids, _ = inference.translate_ids(loaded.model, loaded.params, jnp.asarray(source_ids),
                                      options)
-    return [loaded.tokenizer.decode(row) for row in np.asarray(ids)[:, 0]]
+    return [until_eos(row) for row in np.asarray(ids)[:, 0]]
   return Engine("ours (JAX)", translate)
 
 
@@ -84,14 +88,13 @@ def ctranslate2_engine(directory: str, tokenizer, name: str) -> Engine:
   lookup = {piece: index for index, piece in
             enumerate(tokenizer.pieces(range(tokenizer.vocab_size)))}
 
-  def translate(sources: list[str], method: str, penalty: float) -> list[str]:
+  def translate(sources: list[str], method: str, penalty: float) -> list[list[int]]:
     source_ids = tokenizer.encode(sources, "source")
     results = translator.translate_batch(
         [tokenizer.pieces(ids[:-1]) for ids in source_ids],  # CTranslate2 appends EOS itself
         beam_size=BEAM if method == "beam" else 1, length_penalty=penalty,
         max_decoding_length=max(map(len, source_ids)) + EXTRA_LENGTH - 1)
-    return [tokenizer.decode([lookup[piece] for piece in result.hypotheses[0]])
-            for result in results]
+    return [[lookup[piece] for piece in result.hypotheses[0]] for result in results]
   return Engine(name, translate)
 
 
@@ -104,14 +107,14 @@ def huggingface_engine(directory: str) -> Engine:
   model = transformers.MarianMTModel.from_pretrained(directory).eval()
   tokenizer = transformers.MarianTokenizer.from_pretrained(directory)
 
-  def translate(sources: list[str], method: str, penalty: float) -> list[str]:
+  def translate(sources: list[str], method: str, penalty: float) -> list[list[int]]:
     batch = tokenizer(sources, return_tensors="pt", padding=True)
     with torch.inference_mode():
       generated = model.generate(**batch, num_beams=BEAM if method == "beam" else 1,
                                  do_sample=False, length_penalty=penalty,
                                  # the decoder start token + at most ours: source + 50
                                  max_length=1 + batch["input_ids"].shape[1] + EXTRA_LENGTH)
-    return tokenizer.batch_decode(generated, skip_special_tokens=True)
+    return [until_eos(row) for row in generated.tolist()]  # our ids: the export keeps them
   return Engine("Hugging Face Marian", translate)
 
 
@@ -130,29 +133,69 @@ def exported_engines(config, checkpoint_dir: str, loaded: checkpointing.Loaded, 
 
 
 def translate_all(engine: Engine, sources: Sequence[str], method: str, penalty: float,
-                  batch_size: int) -> list[str]:
-  """`engine`'s translations of `sources`, `batch_size` at a time, in order."""
-  return [text for batch in batches(sources, batch_size)
-          for text in engine.translate(batch, method, penalty)]
+                  batch_size: int) -> list[list[int]]:
+  """`engine`'s output ids for `sources`, `batch_size` at a time, in order."""
+  return [ids for batch in batches(sources, batch_size)
+          for ids in engine.translate(batch, method, penalty)]
 
 
-def quality(engines: list[Engine], sources: list[str], references: list[str], target_lang: str
-            ) -> list[dict]:
-  """BLEU and chrF (with signatures) of every engine and decode, and the share of outputs
-  identical to ours under the same decode."""
+def model_scores(loaded: checkpointing.Loaded, sources: Sequence[str],
+                 outputs: Sequence[list[int]], alpha: float) -> np.ndarray:
+  """Our beam search's objective for each output under the checkpoint: log P(output + EOS |
+  source) over the GNMT penalty ((5 + length) / 6)^alpha (length counting EOS)."""
+  scores = []
+  for start in range(0, len(sources), 32):
+    source_ids = padded(loaded.tokenizer.encode(sources[start:start + 32], "source"))
+    target_ids = padded([ids + [EOS_ID] for ids in outputs[start:start + 32]])
+    logprobs = inference.token_logprobs(loaded.model, loaded.params, jnp.asarray(source_ids),
+                                        jnp.asarray(target_ids)[:, None])
+    lengths = np.array([len(ids) + 1 for ids in outputs[start:start + 32]], np.float32)
+    scores.extend(np.asarray(logprobs).sum(axis=(1, 2)) /
+                  np.asarray(decoding.length_penalty(lengths, alpha)))
+  return np.array(scores)
+
+
+def search_comparison(loaded: checkpointing.Loaded, sources: Sequence[str],
+                      ours_ids: Sequence[list[int]], theirs: Sequence[list[int]], alpha: float
+                      ) -> dict[str, float | None]:
+  """Where an engine's output differs from ours: the share of those sentences on which ours
+  scores at least as high in our objective (`model_scores`), i.e. where the difference is the
+  search finding a better hypothesis rather than a different model."""
+  differing = [i for i, (a, b) in enumerate(zip(ours_ids, theirs)) if a != b]
+  if not differing:
+    return {"differing": 0, "ours_scores_at_least_as_high": None}
+  chosen = [sources[i] for i in differing]
+  ours_scores = model_scores(loaded, chosen, [ours_ids[i] for i in differing], alpha)
+  their_scores = model_scores(loaded, chosen, [theirs[i] for i in differing], alpha)
+  return {"differing": len(differing),
+          "ours_scores_at_least_as_high": float(np.mean(ours_scores >= their_scores - 1e-5))}
+
+
+def quality(engines: list[Engine], loaded: checkpointing.Loaded, sources: list[str],
+            references: list[str], target_lang: str) -> list[dict]:
+  """BLEU and chrF (with signatures) of every engine and decode, the output/reference length
+  ratio, the share of outputs identical to ours under the same decode, and on the others,
+  which hypothesis our objective prefers."""
   rows, ours_outputs = [], {}
   for name, method, penalty in DECODES:
     for engine in engines:
       start = time.perf_counter()
-      hypotheses = translate_all(engine, sources, method, penalty, 32)
+      outputs = translate_all(engine, sources, method, penalty, 32)
       seconds = time.perf_counter() - start
-      reference_outputs = ours_outputs.setdefault(name, hypotheses)
-      same = sum(a == b for a, b in zip(hypotheses, reference_outputs)) / len(sources)
+      hypotheses = [loaded.tokenizer.decode(ids) for ids in outputs]
+      reference_outputs = ours_outputs.setdefault(name, outputs)
+      same = sum(a == b for a, b in zip(outputs, reference_outputs)) / len(sources)
       row = {"engine": engine.name, "decode": name, "length_penalty": penalty,
              **evaluation.score(hypotheses, references, target_lang),
-             "identical_to_ours": same, "seconds": seconds}
+             "length_ratio": evaluation.output_stats(hypotheses, references)["length_ratio"],
+             "identical_to_ours": same,
+             **search_comparison(loaded, sources, reference_outputs, outputs, penalty),
+             "seconds": seconds}
+      preferred = row["ours_scores_at_least_as_high"]
       print(f"{engine.name:20s} {name:27s} BLEU {row['bleu']:.2f} chrF {row['chrf']:.2f} "
-            f"identical to ours {same:.1%} ({seconds:.0f} s)", flush=True)
+            f"length {row['length_ratio']:.3f} identical to ours {same:.1%}"
+            + ("" if preferred is None else f", ours scores higher on {preferred:.0%} of the "
+                                            "others") + f" ({seconds:.0f} s)", flush=True)
       rows.append(row)
   return rows
 
@@ -218,13 +261,22 @@ def plot(rows: list[dict], path: str) -> None:
 
 def markdown(quality_rows: list[dict], speed_rows: list[dict]) -> str:
   """The two tables of benchmarks/README.md."""
-  lines = ["| engine | decode | BLEU | chrF | identical to ours |", "|---|---|---|---|---|"]
-  lines += [f"| {r['engine']} | {r['decode']} | {r['bleu']:.2f} | {r['chrf']:.2f} | "
-            f"{r['identical_to_ours']:.1%} |" for r in quality_rows]
+  lines = ["| engine | decode | BLEU | chrF | length ratio | identical to ours | "
+           "of the others, ours scores higher |", "|---|---|---|---|---|---|---|"]
+  for r in quality_rows:
+    preferred = r["ours_scores_at_least_as_high"]
+    lines.append(f"| {r['engine']} | {r['decode']} | {r['bleu']:.2f} | {r['chrf']:.2f} | "
+                 f"{r['length_ratio']:.3f} | {r['identical_to_ours']:.1%} | "
+                 + ("-" if preferred is None else f"{preferred:.0%} of {r['differing']}") + " |")
   lines += ["", f"BLEU: `{quality_rows[0]['bleu_signature']}`", "",
-            "| engine | decode | batch | sentences/s | ms per batch |", "|---|---|---|---|---|"]
+            "| engine | decode | batch | sentences/s | x ours | ms per batch |",
+            "|---|---|---|---|---|---|"]
+  ours_rate = {(r["decode"], r["batch_size"]): r["sentences_per_sec"] for r in speed_rows
+               if r["engine"] == speed_rows[0]["engine"]}
   lines += [f"| {r['engine']} | {r['decode']} | {r['batch_size']} | "
-            f"{r['sentences_per_sec']:.1f} | {r['ms_per_batch']:.1f} |" for r in speed_rows]
+            f"{r['sentences_per_sec']:.1f} | "
+            f"{r['sentences_per_sec'] / ours_rate[(r['decode'], r['batch_size'])]:.1f} | "
+            f"{r['ms_per_batch']:.1f} |" for r in speed_rows]
   return "\n".join(lines)
 
 
@@ -250,7 +302,7 @@ def main() -> None:
   count = args.sentences or len(evaluation_set.sources)
   with tempfile.TemporaryDirectory() as root:
     engines = [ours(loaded)] + exported_engines(config, args.checkpoint_dir, loaded, root)
-    quality_rows = quality(engines, evaluation_set.sources[:count],
+    quality_rows = quality(engines, loaded, evaluation_set.sources[:count],
                            evaluation_set.references[:count], loaded.config.data.target_lang)
     speed_rows = speed(engines, evaluation_set.sources[:args.speed_sentences],
                        args.latency_sentences, args.rounds)

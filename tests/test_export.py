@@ -134,6 +134,28 @@ def test_trained_model_greedy_outputs_equal_ours(trained):
   assert ct2_translations(str(root / "ct2"), loaded.tokenizer, test_sources, 1) == ours
 
 
+def test_serving_benchmark_scores_outputs_in_the_beam_search_objective(trained):
+  """benchmarks/serving.py's objective equals the score our beam search returns for its own
+  finished hypotheses (computed step by step in the search), and prefers them to others."""
+  from benchmarks import serving
+  _, loaded, _ = trained
+  sources = [number_words.sentence_pair((n, 2 * n + 1))[0] for n in range(5, 200, 23)]
+  source_ids = serving.padded(loaded.tokenizer.encode(sources, "source"))
+  options = inference.DecodeOptions(method="beam", beam_size=4, alpha=0.6, extra_length=50)
+  ids, scores = inference.translate_ids(loaded.model, loaded.params, jnp.asarray(source_ids),
+                                        options)
+  best = [serving.until_eos(row) for row in np.asarray(ids)[:, 0]]
+  ended = [tokenizer_lib.EOS_ID in row.tolist() for row in np.asarray(ids)[:, 0]]
+  assert sum(ended) >= len(sources) // 2
+  recomputed = serving.model_scores(loaded, sources, best, 0.6)
+  np.testing.assert_allclose(recomputed[ended], np.asarray(scores)[:, 0][ended], rtol=1e-4)
+  assert serving.search_comparison(loaded, sources, best, best, 0.6) == {
+      "differing": 0, "ours_scores_at_least_as_high": None}
+  worse = [output[:-1] for output in best]  # a hypothesis the search ranked lower
+  assert serving.search_comparison(loaded, sources, best, worse, 0.6) == {
+      "differing": len(sources), "ours_scores_at_least_as_high": 1.0}
+
+
 def test_export_directory_holds_the_model_tokenizer_and_provenance(trained):
   config, loaded, root = trained
   files = set(os.listdir(root / "ct2"))

@@ -16,7 +16,7 @@ import sentencepiece as spm
 from etils import epath
 
 from transformer import workdir as workdir_lib
-from transformer.special_ids import EOS_ID, PAD_ID, UNK_ID  # noqa: F401  (re-exported)
+from transformer.special_ids import EOS_ID, PAD_ID, UNK_ID, until_eos  # noqa: F401  (re-exported)
 
 NUM_SPECIAL = 3
 MODEL_FILE = "sentencepiece.model"
@@ -65,14 +65,7 @@ class Tokenizer(TokenizerBase):
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of the ids up to the first EOS, padding skipped."""
-    kept = []
-    for token in ids:
-      token = int(token)
-      if token == EOS_ID:
-        break
-      if token != PAD_ID:
-        kept.append(token)
-    return self.processor.decode(kept)
+    return self.processor.decode(until_eos(ids))
 
   def pieces(self, ids: Iterable[int], side: str = "target") -> list[str]:
     """The subword strings of the ids (for attention maps)."""
