@@ -32,10 +32,9 @@ from typing import Any, Callable
 
 from transformer import aot
 
+# No persistent compilation cache: an executable compiled for a topology without its devices
+# cannot be loaded back ("PjRtCompiler must be constructed with a Client"), so it never helps.
 aot.prepare_off_device_compilation()
-# The winner's train step is compiled again with its decode step: the second time from the cache.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join("runs", "tpu_compile_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import ml_collections  # noqa: E402  (after the off-device set-up above)
 

@@ -1,6 +1,9 @@
 """Test set-up: 8 simulated CPU devices, set before jax is imported anywhere."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -11,8 +14,17 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as transformer/__init__.p
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu (the [tpu] extra) is for AOT compilation
 
+# One persistent compilation cache per pytest process for the trainer subprocesses of
+# `helpers.main_command`: each run of the tiny config would otherwise compile the same steps.
+_CACHE = tempfile.mkdtemp(prefix="transformer-tests-compilation-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
 import transformer  # noqa: E402, F401  (quiet JAX start-up with the CUDA plugin installed)
 import jax  # noqa: E402  (must come after XLA_FLAGS)
+
+from tests.helpers import SHARED_CACHE_VARIABLE  # noqa: E402
+
+os.environ[SHARED_CACHE_VARIABLE] = _CACHE
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

@@ -20,10 +20,16 @@ from transformer.model import Transformer
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_CACHE_VARIABLE = "TRANSFORMER_TESTS_COMPILATION_CACHE"
 
 
 def main_command(*flags: str) -> list[str]:
-  """`python -m transformer.main` on the tiny test config with `flags`."""
+  """`python -m transformer.main` on the tiny test config with `flags`. Unless `flags` name one,
+  the run uses this test process's shared compilation cache (`tests/conftest.py`): the tiny
+  config's steps compile once per pytest worker, not once per run."""
+  shared = os.environ.get(SHARED_CACHE_VARIABLE)
+  if shared and not any(f.startswith("--config.train.compilation_cache_dir=") for f in flags):
+    flags = (*flags, f"--config.train.compilation_cache_dir={shared}")
   return [sys.executable, "-m", "transformer.main", "--config=tests/tiny_config.py", *flags]
 
 

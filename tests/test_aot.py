@@ -98,7 +98,7 @@ def test_global_flops_and_mfu_do_not_depend_on_the_device_count():
 
 @pytest.mark.parametrize("accelerator, mesh", [
     ("v4-16", dict(data=2, fsdp=2, tensor=2)),
-    ("v5litepod-8", dict(data=2, fsdp=2, tensor=2)),
+    pytest.param("v5litepod-8", dict(data=2, fsdp=2, tensor=2), marks=pytest.mark.slow),
 ])
 def test_tiny_config_compiles_for_tpu_slices(accelerator, mesh):
   report = aot.compile_report(tiny(**mesh), accelerator)
@@ -192,6 +192,7 @@ def test_unknown_topology_is_a_one_line_error(tmp_path):
 def test_second_start_loads_the_train_step_from_the_compilation_cache(tmp_path):
   data_dir = tmp_path / "tfds"
   common = [f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={data_dir}",
+            "--config.train.compilation_cache_dir=",  # the default: WORKDIR/compilation_cache
             "--config.train.eval_every_steps=100", "--config.train.checkpoint_every_steps=100"]
   first = helpers.run_main(*common, "--config.train.num_steps=2")
   assert first.returncode == 0, first.stderr[-3000:]

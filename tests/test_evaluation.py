@@ -131,7 +131,8 @@ def test_separate_vocabularies_train_evaluate_and_translate(tmp_path):
   config = tiny_config.get_config()
   config.data.data_dir = str(tmp_path / "tfds")
   config.tokenizer.vocabularies = "separate"
-  config.train.update(dict(num_steps=10, checkpoint_every_steps=10))
+  config.train.update(dict(num_steps=10, checkpoint_every_steps=10, eval_every_steps=100,
+                           test_at_end=False))  # modes.evaluate below decodes the test split
   run.train_and_evaluate(config, str(tmp_path))
   loaded = checkpointing.load(config, workdir_lib.checkpoints(str(tmp_path)))
   assert isinstance(loaded.tokenizer, tokenizer_lib.SplitTokenizer)

@@ -3,8 +3,8 @@
 CTranslate2 (the `[serve]` extra, in CI): token log-probabilities of its `score_batch` against
 ours for post-LN, pre-LN, learned and no positions; greedy and beam outputs of a trained tiny
 model identical to ours. Hugging Face (`MarianMTModel` needs PyTorch, which PyPI ships only with
-GBs of CUDA libraries, so those tests are `slow`, run with `pytest -m slow` where a CPU torch
-is installed): logits within 1e-4 and the tokenizer's ids equal to ours.
+GBs of CUDA libraries, so those tests are marked `torch`, run with `pytest -m torch` where a CPU
+torch is installed): logits within 1e-4 and the tokenizer's ids equal to ours.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def test_interleaved_to_halves_reorders_our_sinusoids_into_marian_s():
   np.testing.assert_allclose(ours[:, order], marian, atol=2e-5)
 
 
-@pytest.mark.slow  # needs PyTorch (CPU build), not in CI's install
+@pytest.mark.torch
 def test_huggingface_logits_and_tokenizer_equal_ours(trained):
   transformers = pytest.importorskip("transformers")
   torch = pytest.importorskip("torch")
@@ -249,7 +249,7 @@ def test_huggingface_logits_and_tokenizer_equal_ours(trained):
   assert texts == [loaded.tokenizer.decode(ids) for ids in greedy]
 
 
-@pytest.mark.slow
+@pytest.mark.torch
 def test_huggingface_refuses_pre_ln_and_learned_positions(number_tokenizer):
   pytest.importorskip("torch")
   from transformer.export import to_huggingface  # noqa: PLC0415  (needs torch)

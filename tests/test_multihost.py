@@ -19,6 +19,7 @@ from tests.helpers import REPO, fixed_batches, losses_on_mesh, tiny_config
 from transformer import checkpointing
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(data_dir):
   port = 20000 + os.getpid() % 20000
   worker = os.path.join(REPO, "tests", "multihost_worker.py")
@@ -52,15 +53,14 @@ def test_missing_process_fails_fast(tmp_path):
 
 def start(workdir, data_dir, port, num_steps):
   """The two processes of one run (2 CPU devices each), as `--coordinator_address` users run."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+  env = helpers.subprocess_env(devices=2)
   return [subprocess.Popen(
-      [sys.executable, "-m", "transformer.main", "--config=tests/tiny_config.py",
-       f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-       f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every_steps=1000",
-       "--config.train.test_at_end=false", "--config.train.eval_every_steps=10",
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-       "--initialization_timeout=60"],
+      helpers.main_command(
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+          f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every_steps=1000",
+          "--config.train.test_at_end=false", "--config.train.eval_every_steps=10",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+          "--initialization_timeout=60"),
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
 
@@ -72,6 +72,7 @@ def finish(processes):
   return outputs
 
 
+@pytest.mark.slow
 def test_sigterm_on_one_host_stops_both_at_the_same_step_and_resumes_exactly(tmp_path):
   port = 21000 + os.getpid() % 9000
   data_dir = tmp_path / "tfds"

@@ -18,6 +18,7 @@ from tests.helpers import REPO, tiny_config
 from transformer import checkpointing, run, steps
 
 
+@pytest.mark.slow
 def test_training_learns_and_killed_run_resumes_exactly(data_dir, tmp_path):
   reference = helpers.run_main(*helpers.dirs(tmp_path / "reference", data_dir),
                                "--config.train.num_steps=40")

@@ -73,20 +73,21 @@ def test_sweep_array_lands_in_results(env, tmp_path):
     slurm.sweep_job(spec, str(tmp_path / "root"), slurm.Resources())
 
 
+@pytest.mark.slow
 def test_two_task_job_checkpoints_requeues_and_resumes_at_the_time_limit_warning(env, tmp_path):
   """Two trainer processes joined by jax.distributed; the warning SLURM sends before the time
   limit (SIGUSR1 to the batch shell) makes both save the same step, the job requeue itself and
   resume from that step."""
   resources = slurm.Resources(processes_per_node=2)
   path, text = slurm.run_job("tests/tiny_config.py", str(tmp_path), resources,
-                             ["train.num_steps=600", "train.log_every_steps=50",
+                             ["train.num_steps=150", "train.log_every_steps=10",
                               "train.checkpoint_every_steps=100000",
                               "train.eval_every_steps=100000", "train.test_at_end=false",
                               f"data.data_dir={tmp_path}/tfds"])
   assert "#SBATCH --ntasks-per-node=2" in text and "--multihost" in text
   job_id = slurm.submit(path)
   log_path = tmp_path / "slurm" / f"{job_id}.out"
-  poll(lambda: log_path.exists() and "step 50/600" in log_path.read_text(), 240,
+  poll(lambda: log_path.exists() and "step 10/150" in log_path.read_text(), 240,
        "training did not start", job_id)
   subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
   state = wait_for(job_id, timeout=600)
@@ -98,9 +99,9 @@ def test_two_task_job_checkpoints_requeues_and_resumes_at_the_time_limit_warning
   saved = [line for line in log.splitlines() if "received: saved a checkpoint at step" in line]
   assert len(saved) == 1
   saved_step = int(saved[0].split("at step ")[1].split(",")[0])
-  assert 50 <= saved_step < 600
+  assert 10 <= saved_step < 150
   assert f"resumed from the checkpoint at step {saved_step}" in log
-  assert "restart 1" in log and (tmp_path / "checkpoints" / "600").is_dir()
+  assert "restart 1" in log and (tmp_path / "checkpoints" / "150").is_dir()
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
