@@ -25,6 +25,9 @@ import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# One pytest worker runs this module (`--dist loadgroup`): its module fixture trains once.
+pytestmark = pytest.mark.xdist_group("evaluation")
+
 
 def test_scores_and_signatures():
   hypotheses = ["the cat sat on the mat", "a dog"]
@@ -88,7 +91,7 @@ def trained(tmp_path_factory):
   config.data.data_dir = str(workdir / "tfds")
   # BLEU only at the last evaluation: checkpoints without it must not break "keep the best".
   config.train.update(dict(num_steps=30, checkpoint_every_steps=10, keep_checkpoints=3,
-                           best_metric="eval_bleu", best_mode="max"))
+                           best_metric="eval_bleu", best_mode="max", test_at_end=True))
   config.decode.beam_size = 2
   run.train_and_evaluate(config, str(workdir))
   return config, str(workdir)
@@ -131,8 +134,7 @@ def test_separate_vocabularies_train_evaluate_and_translate(tmp_path):
   config = tiny_config.get_config()
   config.data.data_dir = str(tmp_path / "tfds")
   config.tokenizer.vocabularies = "separate"
-  config.train.update(dict(num_steps=10, checkpoint_every_steps=10, eval_every_steps=100,
-                           test_at_end=False))  # modes.evaluate below decodes the test split
+  config.train.update(dict(num_steps=10, checkpoint_every_steps=10, eval_every_steps=100))
   run.train_and_evaluate(config, str(tmp_path))
   loaded = checkpointing.load(config, workdir_lib.checkpoints(str(tmp_path)))
   assert isinstance(loaded.tokenizer, tokenizer_lib.SplitTokenizer)

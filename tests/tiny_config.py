@@ -13,6 +13,8 @@ def get_config() -> ml_collections.ConfigDict:
                           eval_batch_size=16))
   config.model.update(dict(d_model=32, d_ff=64, vocab_size=128))
   config.tokenizer.update(dict(vocab_size=128, sample_size=2000))
+  # No test-split decode at the end (tests that check it turn it on): seconds in every run.
   config.train.update(dict(num_steps=20, warmup_steps=10, log_every_steps=1,
-                           eval_every_steps=10, checkpoint_every_steps=10, eval_max_examples=40))
+                           eval_every_steps=10, checkpoint_every_steps=10, eval_max_examples=40,
+                           test_at_end=False))
   return config
