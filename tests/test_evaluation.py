@@ -25,9 +25,6 @@ import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# One pytest worker runs this module (`--dist loadgroup`): its module fixture trains once.
-pytestmark = pytest.mark.xdist_group("evaluation")
-
 
 def test_scores_and_signatures():
   hypotheses = ["the cat sat on the mat", "a dog"]

@@ -31,9 +31,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCES = ["one hundred two", "seven thousand three hundred forty-two, nine", "twenty",
            "eight hundred thousand eleven, three"]
 
-# One pytest worker runs this module (`--dist loadgroup`): its module fixture trains once.
-pytestmark = pytest.mark.xdist_group("export")
-
 
 @pytest.fixture(scope="module")
 def number_tokenizer() -> tokenizer_lib.Tokenizer:
