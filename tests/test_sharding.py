@@ -14,7 +14,7 @@ def test_sharding_is_only_a_layout(data_dir):
   batches = fixed_batches(3)
   reference, _ = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
   assert reference[-1] < reference[0]
-  for mesh_shape in [(8, 1, 1), (2, 2, 2), (1, 2, 4)]:
+  for mesh_shape in [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]:
     got, state = losses_on_mesh(config, mesh_shape, jax.devices(), batches)
     np.testing.assert_allclose(got, reference, rtol=2e-5, err_msg=str(mesh_shape))
   # FSDP and tensor parallelism really split the parameters.
