@@ -44,7 +44,8 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("export")
   config = tiny_config.get_config()
   config.data.data_dir = str(root / "tfds")
-  config.model.update(d_model=64, d_ff=128, num_heads=4)  # learns the task in 200 steps
+  config.model.update(d_model=64, d_ff=128, num_heads=4, encoder_layers=2,
+                      decoder_layers=2)  # learns the task in 200 steps
   config.train.update(num_steps=200, warmup_steps=100, eval_every_steps=200,
                       checkpoint_every_steps=200, test_at_end=False, log_every_steps=100)
   run.train_and_evaluate(config, str(root / "run"))

@@ -76,7 +76,7 @@ def test_tiny_config_compiles_for_eight_gpus():
 
 def test_a_batch_too_large_for_the_gpu_does_not_fit():
   config = tiny()
-  config.data.update(batch_size=2**17, packed_length=64, max_train_length=64)
+  config.data.update(batch_size=2**18, packed_length=64, max_train_length=64)
   report = aot.compile_report(config, "a100")
   assert report["fits"] is False and report["train"]["fits"] is False
   with pytest.raises(aot.DoesNotFit, match=r"a100: the train step needs [\d.]+ GiB per device but "

@@ -120,6 +120,26 @@ def test_resume_continues_with_identical_batches_from_a_tiny_position(generated,
   assert_same_batches(uninterrupted[17:], take(resumed, 23))
 
 
+def test_read_threads_change_neither_the_batches_nor_the_saved_position(generated):
+  config, builder, tokenizer = generated
+  threaded = config.copy_and_resolve_references()
+  threaded.data.read_threads = 4
+  unthreaded = config.copy_and_resolve_references()
+  unthreaded.data.read_threads = 0
+  uninterrupted = take(inputs.TrainStream(builder, unthreaded, tokenizer), 20)
+  interrupted = inputs.TrainStream(builder, threaded, tokenizer)
+  assert_same_batches(uninterrupted[:7], take(interrupted, 7))
+  resumed = inputs.TrainStream(builder, unthreaded, tokenizer)
+  assert resumed.resume(json.loads(json.dumps(interrupted.position())), step=7) is None
+  assert_same_batches(uninterrupted[7:], take(resumed, 13))
+  auto = config.data.copy_and_resolve_references()
+  assert (auto.read_threads, inputs.read_threads(auto)) == (-1, 0)  # a local data_dir
+  auto.data_dir = "gs://bucket/tfds"
+  assert inputs.read_threads(auto) == 16
+  auto.read_threads = 3
+  assert inputs.read_threads(auto) == 3
+
+
 def test_resume_on_another_layout_warns_and_starts_a_fresh_stream(generated):
   config, builder, tokenizer = generated
   interrupted = inputs.TrainStream(builder, config, tokenizer)

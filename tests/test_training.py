@@ -96,6 +96,7 @@ def test_rbg_dropout_prng_trains_from_the_same_initial_parameters(data_dir):
     ("mesh", "data", 3, "config.mesh: data*fsdp*tensor = 3*1*1 does not match"),
     ("train", "cooldown_steps", -1, "config.train.cooldown_steps must be in [0, "),
     ("train", "bleu_max_examples", 0, "config.train.bleu_max_examples must be positive, got 0"),
+    ("data", "read_threads", -2, "config.data.read_threads must be -1 (auto) or 0 or more, got -2"),
 ])
 def test_bad_config_values_name_the_field(data_dir, section, field, value, message):
   config = tiny_config(data_dir)

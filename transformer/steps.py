@@ -97,6 +97,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.data.{name} must be positive, got {config.data[name]}")
   if config.data.workers < 0:
     raise ValueError(f"config.data.workers must be 0 or more, got {config.data.workers}")
+  if config.data.read_threads < -1:
+    raise ValueError("config.data.read_threads must be -1 (auto) or 0 or more, got "
+                     f"{config.data.read_threads}")
 
 
 def make_setup(config: ml_collections.ConfigDict, vocab_size: int | None = None,

@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
       eval_batch_size=64,  # sentences per global evaluation batch
       packing_bins=1024,  # rows packed at once (first fit; more bins, fuller rows)
       workers=0,  # Grain worker processes for tokenizing and packing (0: in the trainer)
+      read_threads=-1,  # threads reading records ahead (-1: 16 for a gs:// data_dir, else 0)
   ))
 
   config.tokenizer = ml_collections.ConfigDict(dict(

@@ -34,7 +34,7 @@ def packing_efficiency(pairs: Sequence[dict[str, str]], tokenizer: TokenizerBase
                        data: ml_collections.ConfigDict) -> dict[str, float]:
   """Non-pad fraction of the packed rows that hold one pass over the split, per side, packed
   as training packs them (a repeated stream, so the last bins are as full as any)."""
-  stream = grain.MapDataset.source(pairs).repeat().to_iter_dataset()
+  stream = grain.MapDataset.source(pairs).repeat().to_iter_dataset(pipeline.read_options(0))
   rows = pipeline.packed_rows(stream, tokenizer, max_length=data.max_train_length,
                               packed_length=data.packed_length, packing_bins=data.packing_bins,
                               packed_inputs_length=data.packed_inputs_length)
