@@ -27,7 +27,6 @@ from launch.vm import Gcloud, LaunchError, TpuVm
 
 COMMANDS = ("create", "setup", "run", "logs", "status", "stop", "delete", "watch", "sweep")
 HELP_FLAGS = ("--help", "-h", "-help", "--helpfull", "--helpshort", "-?")
-num_hosts = vm_lib.num_hosts
 
 
 class _Parser(argparse.ArgumentParser):

@@ -161,7 +161,7 @@ class TpuVm:
     except ValueError:
       raise LaunchError(f"--accelerator_type: unknown TPU type '{options.accelerator_type}'; "
                         f"known: {tpu_slices.known_types()}") from None
-    self.hosts = num_hosts(options.accelerator_type)
+    self.hosts = tpu_slices.num_hosts(options.accelerator_type)
 
   @property
   def name(self) -> str:
@@ -294,14 +294,6 @@ class TpuVm:
     self.wait_until_ready()
     self.setup()
 
-
-def num_hosts(accelerator_type: str) -> int:
-  """VMs in a slice (also for sizes outside the AOT table)."""
-  if accelerator_type in tpu_slices.SLICES:
-    return tpu_slices.SLICES[accelerator_type].hosts
-  chip = tpu_slices.generation_of(accelerator_type)
-  chips = int(accelerator_type.rsplit("-", 1)[1]) // chip.cores_per_chip
-  return 1 if chips <= chip.single_host_chips else chips // chip.chips_per_host
 
 
 def run_to_completion(vm: TpuVm, job: Job, printer: Callable[[str], None] = print,

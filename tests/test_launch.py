@@ -13,6 +13,7 @@ import pytest
 from experiments import report
 from launch import tpu, vm as vm_lib
 from launch.job import Job
+from transformer import tpu_slices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE = os.path.join(REPO, "tests", "fake_gcloud")
@@ -50,7 +51,7 @@ def fake_gcloud(tmp_path, monkeypatch):
 
 
 def test_accelerator_types_hosts_and_runtime_versions(fake_gcloud, capsys):
-  assert [tpu.num_hosts(t) for t in ("v4-8", "v4-32", "v5litepod-8", "v5litepod-16",
+  assert [tpu_slices.num_hosts(t) for t in ("v4-8", "v4-32", "v5litepod-8", "v5litepod-16",
                                      "v5p-64", "v6e-32")] == [1, 4, 1, 4, 8, 8]
   for accelerator, runtime in (("v4-8", "tpu-ubuntu2204-base"),
                                ("v5litepod-8", "v2-alpha-tpuv5-lite"),

@@ -115,3 +115,12 @@ def generation_of(accelerator_type: str) -> Chip:
   if not match:
     raise ValueError(f"unknown TPU accelerator type {accelerator_type!r}")
   return CHIPS[FAMILY_TO_GENERATION[match.group(1)]]
+
+
+def num_hosts(accelerator_type: str) -> int:
+  """VMs in a slice (also for sizes outside the table)."""
+  if accelerator_type in SLICES:
+    return SLICES[accelerator_type].hosts
+  chip = generation_of(accelerator_type)
+  chips = int(accelerator_type.rsplit("-", 1)[1]) // chip.cores_per_chip
+  return 1 if chips <= chip.single_host_chips else chips // chip.chips_per_host
