@@ -16,7 +16,8 @@ from helpers import init_params, random_tokens
 
 @pytest.fixture(scope="module")
 def tiny_model():
-  config = configs.tiny(vocab_size=12, max_len=40)
+  # One layer per stack (tests/test_model.py checks the cache of stacked layers).
+  config = configs.tiny(vocab_size=12, max_len=40, encoder_layers=1, decoder_layers=1)
   model, params = init_params(config)
   params = jax.tree.map(lambda p: p * 3.0, params)  # peakier distributions than at init
   inputs = random_tokens(0, (3, 6), 12).at[2, 4:].set(0)
@@ -69,14 +70,20 @@ def test_outputs_end_with_eos_within_the_length_limit(tiny_model):
   assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
 
 
-def sequence_logprob(model, params, inputs, sequence):
-  """log P(sequence | inputs) by teacher forcing: the model's own log-probabilities only."""
-  logits = model.apply({"params": params}, inputs, jnp.asarray([sequence]))
-  logits = np.asarray(logits[0], np.float64)
+def sequence_logprobs(model, params, inputs, sequences):
+  """log P(sequence | inputs) of each sequence by teacher forcing: the model's own
+  log-probabilities only, all sequences in one batch (zero-padded at the end: the decoder is
+  causal, so padding after a sequence changes none of its tokens' probabilities)."""
+  width = max(map(len, sequences))
+  padded = np.array([list(s) + [0] * (width - len(s)) for s in sequences], np.int32)
+  batch_inputs = jnp.repeat(inputs, len(sequences), axis=0)
+  logits = np.asarray(model.apply({"params": params}, batch_inputs, jnp.asarray(padded)),
+                      np.float64)
   logprobs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
                                                                                 keepdims=True)) \
       - logits.max(-1, keepdims=True)
-  return float(sum(logprobs[i, token] for i, token in enumerate(sequence)))
+  return [float(sum(logprobs[row, i, token] for i, token in enumerate(sequence)))
+          for row, sequence in enumerate(sequences)]
 
 
 def test_exhaustive_beam_finds_the_brute_force_best():
@@ -90,8 +97,9 @@ def test_exhaustive_beam_finds_the_brute_force_best():
   non_eos = [t for t in range(5) if t not in (EOS_ID, config.pad_id)]
   candidates = [prefix + (EOS_ID,) for n in range(limit)
                 for prefix in itertools.product(non_eos, repeat=n)]
-  scores = {c: sequence_logprob(model, params, inputs, c) /
-            float(decoding.length_penalty(jnp.float32(len(c)), alpha)) for c in candidates}
+  scores = {c: logprob / float(decoding.length_penalty(jnp.float32(len(c)), alpha))
+            for c, logprob in zip(candidates, sequence_logprobs(model, params, inputs,
+                                                                candidates))}
   ranked = sorted(scores, key=scores.get, reverse=True)
   ids, beam_scores = translate(model, params, inputs, beam_size=len(candidates), alpha=alpha,
                                extra_length=extra)

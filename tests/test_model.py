@@ -20,6 +20,13 @@ def _compiled_forward(config):
       {"params": params}, inputs, targets, **kwargs))
 
 
+def one_layer(**overrides) -> configs.ModelConfig:
+  """The tiny model with one layer per stack, for what a test checks per layer: it compiles in
+  about half the time. Stacks of two: the two-layer cases of cached decoding, scan and remat,
+  parameter counts."""
+  return configs.tiny(**{"encoder_layers": 1, "decoder_layers": 1, **overrides})
+
+
 def forward(config, params, inputs, targets, **kwargs):
   """Teacher-forced logits, compiled once per config."""
   return _compiled_forward(config)(params, inputs, targets, **kwargs)
@@ -33,7 +40,7 @@ def test_shift_right_restarts_each_packed_sentence():
 
 
 def test_decoder_is_causal():
-  config = configs.tiny()
+  config = one_layer()
   model, params = init_params(config)
   inputs = random_tokens(0, (2, 7), config.vocab_size)
   targets = random_tokens(1, (2, 6), config.vocab_size)
@@ -48,7 +55,7 @@ def test_decoder_is_causal():
 
 
 def test_padding_changes_nothing_for_real_tokens():
-  config = configs.tiny()
+  config = one_layer()
   _, params = init_params(config)
   inputs = random_tokens(0, (2, 6), config.vocab_size).at[1, 4:].set(0)
   targets = random_tokens(1, (2, 5), config.vocab_size).at[1, 3:].set(0)
@@ -69,7 +76,7 @@ def test_padding_changes_nothing_for_real_tokens():
 
 @pytest.mark.parametrize("positional_encoding", ["sinusoidal", "learned"])
 def test_packed_batch_equals_pairs_one_by_one(positional_encoding):
-  config = configs.tiny(positional_encoding=positional_encoding)
+  config = one_layer(positional_encoding=positional_encoding)
   _, params = init_params(config)
   pairs = [(random_tokens(10 + i, (1, n), config.vocab_size),
             random_tokens(20 + i, (1, m), config.vocab_size))
@@ -110,13 +117,14 @@ def incremental_logits(config, params, inputs, targets):
   return jnp.concatenate(steps, axis=1)
 
 
-@pytest.mark.parametrize("overrides", [
-    {}, {"normalization": "pre"}, {"positional_encoding": "learned"}, {"scan_layers": True},
-    {"share_embeddings": False, "target_vocab_size": 50, "tie_output_embedding": False},
-    {"attention_kernel": "blockwise", "attention_block_size": 4},
-])
-def test_cached_decoding_equals_full_forward(overrides):
-  config = configs.tiny(**overrides)
+@pytest.mark.parametrize("config", [
+    configs.tiny(), configs.tiny(scan_layers=True),  # two layers: each keeps its own cache
+    one_layer(normalization="pre"), one_layer(positional_encoding="learned"),
+    one_layer(share_embeddings=False, target_vocab_size=50, tie_output_embedding=False),
+    one_layer(attention_kernel="blockwise", attention_block_size=4),
+], ids=["two_layers", "two_layers_scanned", "pre_ln", "learned_positions", "separate_vocab",
+        "blockwise"])
+def test_cached_decoding_equals_full_forward(config):
   _, params = init_params(config)
   inputs = random_tokens(0, (3, 7), 50).at[2, 5:].set(0)
   targets = random_tokens(1, (3, 6), 50)
@@ -126,7 +134,7 @@ def test_cached_decoding_equals_full_forward(overrides):
 
 @pytest.mark.parametrize("kernel", ["jax", "blockwise"])
 def test_attention_kernels_give_the_same_model(kernel):
-  config = configs.tiny(attention_block_size=4)
+  config = one_layer(attention_block_size=4)
   _, params = init_params(config)
   inputs = random_tokens(0, (2, 9), config.vocab_size).at[1, 6:].set(0)
   targets = random_tokens(1, (2, 7), config.vocab_size).at[1, 5:].set(0)
@@ -138,7 +146,7 @@ def test_attention_kernels_give_the_same_model(kernel):
 
 
 def test_decode_cache_holds_encoder_keys_values_once():
-  config = configs.tiny()
+  config = one_layer()
   model, params = init_params(config)
   inputs = random_tokens(0, (2, 7), config.vocab_size)
   encoded = model.apply({"params": params}, inputs, method=Transformer.encode)
@@ -190,7 +198,7 @@ def scanned_grads(grads):
 
 
 def test_scanned_parameters_carry_the_layers_axis_name():
-  config = configs.tiny(scan_layers=True)
+  config = one_layer(scan_layers=True)
   variables = Transformer(config).init(jax.random.PRNGKey(0), jnp.ones((1, 3), jnp.int32),
                                        jnp.ones((1, 3), jnp.int32))
   specs = nn.get_partition_spec(variables)["params"]
@@ -199,7 +207,7 @@ def test_scanned_parameters_carry_the_layers_axis_name():
 
 
 def test_jit_and_grad_reach_every_parameter():
-  config = configs.tiny()
+  config = one_layer()
   _, params = init_params(config)
   inputs = random_tokens(0, (2, 7), config.vocab_size)
   targets = random_tokens(1, (2, 5), config.vocab_size)
@@ -217,7 +225,7 @@ def test_jit_and_grad_reach_every_parameter():
 
 
 def test_bfloat16_compute_is_finite_and_close_to_float32():
-  config = configs.tiny()
+  config = one_layer()
   _, params = init_params(config)
   inputs = random_tokens(0, (2, 7), config.vocab_size)
   targets = random_tokens(1, (2, 5), config.vocab_size)
@@ -229,7 +237,7 @@ def test_bfloat16_compute_is_finite_and_close_to_float32():
 
 
 def test_separate_vocabularies():
-  config = configs.tiny(vocab_size=40, target_vocab_size=30, share_embeddings=False)
+  config = one_layer(vocab_size=40, target_vocab_size=30, share_embeddings=False)
   _, params = init_params(config)
   assert params["source_embedding"]["embedding"].shape == (40, config.d_model)
   assert params["target_embedding"]["embedding"].shape == (30, config.d_model)
