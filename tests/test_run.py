@@ -3,6 +3,7 @@ subprocess: learning, kill and exact resume, SIGTERM, interrupted saves, NaN, on
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,10 +87,18 @@ def test_sigterm_saves_and_exits_zero(data_dir, tmp_path):
   assert manager.latest_step() == stopped_at
 
 
-def test_interrupted_save_is_never_restored(data_dir, tmp_path):
-  workdir = os.path.relpath(tmp_path, REPO)  # relative, as users type it: Orbax needs absolute
+@pytest.fixture(scope="module")
+def ten_steps(data_dir, tmp_path_factory):
+  """The workdir of a 10-step run; tests that resume it work on a copy."""
+  workdir = tmp_path_factory.mktemp("ten_steps")
   first = helpers.run_main(*helpers.dirs(workdir, data_dir), "--config.train.num_steps=10")
   assert first.returncode == 0, first.stderr[-2000:]
+  return workdir
+
+
+def test_interrupted_save_is_never_restored(data_dir, ten_steps, tmp_path):
+  shutil.copytree(ten_steps, tmp_path, dirs_exist_ok=True)
+  workdir = os.path.relpath(tmp_path, REPO)  # relative, as users type it: Orbax needs absolute
   checkpoints = tmp_path / "checkpoints"
   assert (checkpoints / "10").is_dir()
   # What a save killed half-way leaves behind: Orbax's temporary directory, never renamed.
@@ -120,9 +129,8 @@ def test_nan_stops_and_keeps_only_checkpoints_with_finite_parameters(data_dir, t
   assert f"last good checkpoint is step {saved[-1]}" in message[0]
 
 
-def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, tmp_path):
-  first = helpers.run_main(*helpers.dirs(tmp_path, data_dir), "--config.train.num_steps=10")
-  assert first.returncode == 0, first.stderr[-2000:]
+def test_resuming_from_non_finite_parameters_is_a_one_line_error(data_dir, ten_steps, tmp_path):
+  shutil.copytree(ten_steps, tmp_path, dirs_exist_ok=True)
   config = tiny_config(data_dir)
   manager = checkpointing.make_manager(str(tmp_path / "checkpoints"), keep=5, save_every=1,
                                        best_metric="eval_loss", best_mode="min")
