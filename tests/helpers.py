@@ -121,6 +121,20 @@ def tiny_config(data_dir, **train):
   return config
 
 
+def train_tiny(workdir, data_dir, changes: dict[str, object]):
+  """Trains the tiny config with `changes` ({"section.field": value}) in a one-device trainer
+  process (a test process's 8 simulated devices take about twice as long); returns the config
+  that run used, for in-process evaluation of `workdir`."""
+  result = run_main(*dirs(workdir, data_dir),
+                    *(f"--config.{key}={value}" for key, value in changes.items()))
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = tiny_config(data_dir)
+  for key, value in changes.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
 def fixed_batches(count, rows=16, length=32, seed=0):
   """`count` packed-format batches of random sentences, the same for every call."""
   rng = np.random.RandomState(seed)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import helpers, tiny_config
+from tests import helpers
 from transformer import checkpointing, export, inference
 from transformer.config import ModelConfig
 from transformer.data import number_words, tokenizer as tokenizer_lib
@@ -40,21 +40,13 @@ def number_tokenizer() -> tokenizer_lib.Tokenizer:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """A tiny model trained far enough to translate the generated task, and its export. It trains
-  in a one-device trainer process: this process's 8 simulated devices take twice as long."""
+  """A tiny model trained far enough to translate the generated task, and its export."""
   root = tmp_path_factory.mktemp("export")
-  changes = {"model.d_model": 64, "model.d_ff": 128, "model.num_heads": 4,
-             "model.encoder_layers": 2, "model.decoder_layers": 2,  # learns the task in 200 steps
-             "train.num_steps": 200, "train.warmup_steps": 100, "train.eval_every_steps": 200,
-             "train.checkpoint_every_steps": 200, "train.log_every_steps": 100}
-  result = helpers.run_main(*helpers.dirs(root / "run", root / "tfds"),
-                            *(f"--config.{key}={value}" for key, value in changes.items()))
-  assert result.returncode == 0, result.stderr[-3000:]
-  config = tiny_config.get_config()
-  config.data.data_dir = str(root / "tfds")
-  for key, value in changes.items():
-    section, field = key.split(".")
-    config[section][field] = value
+  config = helpers.train_tiny(root / "run", root / "tfds", {
+      "model.d_model": 64, "model.d_ff": 128, "model.num_heads": 4,
+      "model.encoder_layers": 2, "model.decoder_layers": 2,  # learns the task in 200 steps
+      "train.num_steps": 200, "train.warmup_steps": 100, "train.eval_every_steps": 200,
+      "train.checkpoint_every_steps": 200, "train.log_every_steps": 100})
   print(export.export(config, str(root / "run"), None, "ctranslate2", str(root / "ct2")))
   loaded = checkpointing.load(config, str(root / "run" / "checkpoints"))
   return config, loaded, root
