@@ -6,17 +6,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import matplotlib
 import ml_collections
 import numpy as np
 
-from transformer import checkpointing, inference
+from transformer import checkpointing, inference, plotting
 from transformer import workdir as workdir_lib
 from transformer.data.tokenizer import EOS_ID
 from transformer.model import Transformer
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
 def attention_maps(config: ml_collections.ConfigDict, workdir: str, sentence: str,
@@ -81,6 +77,7 @@ def attention_weights(intermediates: Any) -> dict[str, list[np.ndarray]]:
 def plot_attention(layers: list[np.ndarray], layer_numbers: list[int], heads: list[int],
                    query_labels: list[str], key_labels: list[str], title: str, path: str) -> None:
   """A grid of heatmaps (rows: layers, columns: heads) labelled with subword pieces."""
+  plt = plotting.pyplot()
   figure, axes = plt.subplots(len(layers), len(heads), squeeze=False,
                               figsize=(1 + 0.35 * len(key_labels) * len(heads),
                                        1 + 0.35 * len(query_labels) * len(layers)))

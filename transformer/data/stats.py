@@ -6,16 +6,13 @@ import os
 from typing import Sequence
 
 import grain
-import matplotlib
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from transformer import plotting
 from transformer.data import corpus, datasets, pipeline
 from transformer.data.tokenizer import TokenizerBase
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
 def token_lengths(pairs: Sequence[dict[str, str]], tokenizer: TokenizerBase
@@ -75,6 +72,7 @@ def split_table(builder: tfds.core.DatasetBuilder, data: ml_collections.ConfigDi
 
 def plot_lengths(all_lengths: dict[str, dict], path: str) -> None:
   """Histogram of token lengths per split and side, as a PNG."""
+  plt = plotting.pyplot()
   figure, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=False)
   for axis, feature, title in zip(axes, pipeline.FEATURES, ("source", "target")):
     for split, lengths in all_lengths.items():
