@@ -35,13 +35,9 @@ import shutil
 import time
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # (after choosing the backend)
-
 from experiments import sweep
 from launch.job import Job
+from transformer import plotting
 from transformer.logged_time import cumulative_seconds
 from transformer import workdir as workdir_lib
 
@@ -97,6 +93,7 @@ def plot_learning_curve(records: list[dict[str, Any]], title: str, path: str) ->
   train = [(minutes[r["step"]], r["loss"]) for r in records if "loss" in r and r["step"] in minutes]
   evals = [(at(r["step"]), r["eval_loss"]) for r in records if "eval_loss" in r]
   bleus = [(at(r["step"]), r["eval_bleu"]) for r in records if r.get("eval_bleu") is not None]
+  plt = plotting.pyplot()
   figure, axes = plt.subplots(1, 2 if bleus else 1, figsize=(12 if bleus else 7, 4),
                               squeeze=False)
   axis = axes[0][0]

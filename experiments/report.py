@@ -15,15 +15,14 @@ import os
 import re
 from typing import Any
 
-import matplotlib
 import numpy as np
 from etils import epath
 
 from experiments import sweep
+from transformer import plotting
 from transformer import workdir as workdir_lib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+plt = plotting.pyplot()  # the report's job is its plots
 
 # Table 3's columns and two of ours (header -> override key); a column no row sets is left out.
 COLUMNS = [("N", "model.encoder_layers"), ("d_model", "model.d_model"), ("d_ff", "model.d_ff"),

@@ -295,7 +295,6 @@ class TpuVm:
     self.setup()
 
 
-
 def run_to_completion(vm: TpuVm, job: Job, printer: Callable[[str], None] = print,
                       start: bool = True) -> tuple[int, int]:
   """Runs (or, with start=False, follows) the job's trainer until it exits on a READY VM.
