@@ -17,13 +17,9 @@ import os
 import time
 
 import jax
-import matplotlib
-
 
 from transformer.attention import blockwise_attention, reference_attention
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from transformer.plotting import pyplot
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -65,7 +61,7 @@ def main() -> None:
   with open(os.path.join(RESULTS, "attention_scaling.json"), "w") as handle:
     json.dump({"machine": f"{os.cpu_count()} CPU cores", "block_size": args.block_size,
                "rows": rows}, handle, indent=2)
-  figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
+  figure, (time_axis, memory_axis) = pyplot().subplots(1, 2, figsize=(10, 4))
   lengths = [r["length"] for r in rows]
   for name in kernels:
     time_axis.plot(lengths, [r[f"{name}_seconds"] for r in rows], marker="o", label=name)

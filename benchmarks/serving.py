@@ -36,6 +36,7 @@ from transformer import (checkpointing, decoding, evaluation, export, inference,
                          workdir)
 from transformer.config_files import load_config
 from transformer.data import datasets, inputs
+from transformer.plotting import pyplot
 from transformer.special_ids import EOS_ID, until_eos
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -237,9 +238,7 @@ def serving_versions() -> dict[str, str]:
 
 def plot(rows: list[dict], path: str) -> None:
   """Grouped bars: sentences/s of every engine in each setting (log scale)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   settings = list(dict.fromkeys((row["decode"], row["batch_size"]) for row in rows))
   names = list(dict.fromkeys(row["engine"] for row in rows))

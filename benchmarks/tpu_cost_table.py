@@ -41,6 +41,7 @@ import ml_collections  # noqa: E402  (after the off-device set-up above)
 from benchmarks import step_options  # noqa: E402  (after the off-device set-up above)
 from experiments.configs import wmt14_base, wmt14_big  # noqa: E402  (after the off-device set-up above)
 from transformer import flops, provenance, steps, tpu_slices, workdir  # noqa: E402  (after the off-device set-up above)
+from transformer.plotting import pyplot  # noqa: E402  (after the off-device set-up above)
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "tpu_compile")
 
@@ -176,9 +177,7 @@ def markdown(columns: list[Column], rows: list[dict[str, Any]]) -> str:
 
 def plot_before_after(rows: list[dict[str, Any]], path: str) -> None:
   """Modeled step time and memory per variant, one panel pair per model and slice."""
-  import matplotlib  # noqa: PLC0415  (only this command draws)
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  plt = pyplot()
 
   groups = sorted({(r["model"], r["accelerator_type"]) for r in rows})
   figure, axes = plt.subplots(len(groups), 2, figsize=(11, 3.2 * len(groups)), squeeze=False)
