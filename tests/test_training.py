@@ -64,23 +64,29 @@ def test_optimizer_options():
   assert [c > 0 for c in changes] == [False, False, True, False, False, True]
 
 
-def test_bfloat16_training_step_is_finite_and_close(data_dir):
+@pytest.fixture(scope="module")
+def float32_threefry_run(data_dir):
+  """Two steps of the tiny config on one device (float32, threefry dropout): (losses, state)."""
+  return losses_on_mesh(tiny_config(data_dir, warmup_steps=2), (1, 1, 1), jax.devices()[:1],
+                        fixed_batches(2))
+
+
+def test_bfloat16_training_step_is_finite_and_close(data_dir, float32_threefry_run):
   config = tiny_config(data_dir, warmup_steps=2)
-  batches = fixed_batches(2)
-  full, _ = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  full, _ = float32_threefry_run
   config.model.dtype = "bfloat16"
-  half, state = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  half, state = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], fixed_batches(2))
   assert np.all(np.isfinite(half))
   np.testing.assert_allclose(half, full, rtol=3e-2)
   assert jax.tree.leaves(state.params)[0].dtype == jnp.float32  # parameters stay float32
 
 
-def test_rbg_dropout_prng_trains_from_the_same_initial_parameters(data_dir):
+def test_rbg_dropout_prng_trains_from_the_same_initial_parameters(data_dir,
+                                                                float32_threefry_run):
   config = tiny_config(data_dir, warmup_steps=2)
-  batches = fixed_batches(2)
-  threefry, threefry_state = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  threefry, threefry_state = float32_threefry_run
   config.train.prng_impl = "rbg"
-  rbg, rbg_state = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], batches)
+  rbg, rbg_state = losses_on_mesh(config, (1, 1, 1), jax.devices()[:1], fixed_batches(2))
   assert rbg_state.rng.shape == (4,) and threefry_state.rng.shape == (2,)
   assert np.all(np.isfinite(rbg))
   # Same parameters at step 0 (close first losses), different dropout masks (not equal).
