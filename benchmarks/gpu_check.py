@@ -108,8 +108,7 @@ def cudnn_against_reference(batch: int = 8, length: int = 256, heads: int = 8, d
                         for key in keys)
   lengths = jnp.array([length, length // 2] * (batch // 2), jnp.int32)
   valid = jnp.arange(length)[None] < lengths[:, None]
-  mask = masks.Mask(masks.combine(masks.padding_mask(valid, valid), masks.causal_mask(length)),
-                    lengths, lengths, causal=True)
+  mask = masks.decoder_self_attention_mask(valid.astype(jnp.int32), None, pad_id=0)
   reference = lambda q, k, v: attention.reference_attention(q, k, v, mask.dense)[0]
   cudnn = lambda q, k, v: attention.cudnn_attention(q, k, v, mask)
   report = {}

@@ -9,6 +9,7 @@ import pytest
 from transformer import config as configs
 from transformer.attention import (MultiHeadAttention, blockwise_attention, fused_attention,
                                   reference_attention)
+from transformer.masks import Mask
 
 from helpers import numpy_attention, numpy_multi_head_attention
 
@@ -45,6 +46,27 @@ def test_blockwise_kernel_equals_reference(block_size):
   np.testing.assert_allclose(grad(lambda q: blockwise_attention(q, k, v, mask, block_size)),
                              grad(lambda q: reference_attention(q, k, v, mask)[0]), atol=1e-4,
                              rtol=1e-4)
+
+
+@pytest.mark.parametrize("block_size", [2, 3, 16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_blockwise_kernel_builds_each_block_mask_from_segment_ids(block_size, causal):
+  """Packed and padded rows (a fully masked query row too): segment ids, block by block, give
+  the reference's output and gradients under the mask those ids describe."""
+  q, k, v, _ = random_qkv(6, q_len=7, kv_len=7)
+  segments = np.array([[1, 1, 2, 2, 2, 3, 0], [1, 1, 1, 1, 0, 0, 0]], np.int32)
+  mask = Mask(None, causal=causal, query_segments=jnp.asarray(segments),
+              key_segments=jnp.asarray(segments))
+  dense = segments[:, None, :, None] == segments[:, None, None, :]
+  dense &= (segments > 0)[:, None, :, None]
+  if causal:
+    dense &= np.tril(np.ones((7, 7), bool))
+  reference = lambda q: reference_attention(q, k, v, dense)[0]
+  blockwise = lambda q: blockwise_attention(q, k, v, mask, block_size)
+  np.testing.assert_allclose(blockwise(q), reference(q), atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(blockwise(q), blockwise_attention(q, k, v, dense, block_size))
+  grad = lambda f: jax.grad(lambda q: jnp.sum(f(q) ** 2))(jnp.asarray(q))
+  np.testing.assert_allclose(grad(blockwise), grad(reference), atol=1e-4, rtol=1e-4)
 
 
 def test_fused_kernel_equals_reference():

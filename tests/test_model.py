@@ -1,6 +1,7 @@
 """The whole Transformer: masking, packing, incremental decoding, options that keep outputs."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -74,9 +75,12 @@ def test_padding_changes_nothing_for_real_tokens():
   np.testing.assert_allclose(np.asarray(segmented)[real], np.asarray(logits)[real], atol=1e-5)
 
 
-@pytest.mark.parametrize("positional_encoding", ["sinusoidal", "learned"])
-def test_packed_batch_equals_pairs_one_by_one(positional_encoding):
-  config = one_layer(positional_encoding=positional_encoding)
+@pytest.mark.parametrize("positional_encoding, kernel", [("sinusoidal", "xla"),
+                                                          ("learned", "xla"),
+                                                          ("sinusoidal", "blockwise")])
+def test_packed_batch_equals_pairs_one_by_one(positional_encoding, kernel):
+  config = one_layer(positional_encoding=positional_encoding, attention_kernel=kernel,
+                     attention_block_size=4)
   _, params = init_params(config)
   pairs = [(random_tokens(10 + i, (1, n), config.vocab_size),
             random_tokens(20 + i, (1, m), config.vocab_size))
@@ -96,6 +100,23 @@ def test_packed_batch_equals_pairs_one_by_one(positional_encoding):
     alone = forward(config, params, source, target)
     np.testing.assert_allclose(packed[:, offset:offset + length], alone, atol=1e-5)
     offset += length
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_the_blockwise_kernel_never_materializes_a_whole_mask(scan_layers):
+  """Packed rows of 64 tokens in blocks of 16: the compiled forward and backward pass hold no
+  `[B, 1, 64, 64]` array with the blockwise kernel, and do with the reference kernel."""
+  tokens = random_tokens(0, (2, 64), 50)
+  segments = jnp.concatenate([jnp.full((2, 40), 1), jnp.full((2, 20), 2),
+                              jnp.zeros((2, 4), jnp.int32)], axis=1)
+  for kernel, materialized in (("xla", True), ("blockwise", False)):
+    config = one_layer(attention_kernel=kernel, attention_block_size=16, scan_layers=scan_layers)
+    _, params = init_params(config)
+    loss = lambda p: jnp.sum(Transformer(config).apply(
+        {"params": p}, tokens, tokens, inputs_segmentation=segments,
+        targets_segmentation=segments) ** 2)
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    assert bool(re.search(r"\[2,1,64,64\]", hlo)) == materialized, kernel
 
 
 def incremental_logits(config, params, inputs, targets):

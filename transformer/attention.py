@@ -7,6 +7,7 @@ K per-head query/key size d_k, V per-head value size d_v, D d_model.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -105,14 +106,16 @@ def cudnn_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
 
 
 def blockwise_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray,
-                        mask: jnp.ndarray | None, block_size: int = 512) -> jnp.ndarray:
+                        mask: Mask | jnp.ndarray | None, block_size: int = 512) -> jnp.ndarray:
   """The same function computed block by block with an online softmax (memory-efficient).
 
   Queries are processed `block_size` at a time; for each query block a scan over key blocks
   keeps the running maximum `m`, normalizer `l` and weighted sum `acc` (Milakov & Gimelshein
   2018; Rabe & Staats 2021), so the `[Q, S]` logits never exist at once: memory grows as
-  O(Q * block_size) instead of O(Q * S) (plus the boolean mask, if one is given; None costs
-  nothing). The scan body is rematerialized in the backward pass.
+  O(Q * block_size) instead of O(Q * S). A `Mask` with segment ids (the model's masks) is built
+  block by block from them, so no `[B, 1, Q, S]` mask exists either; a boolean array (or a `Mask`
+  without segment ids: the decoding cache's) is sliced block by block. The scan body is
+  rematerialized in the backward pass.
   """
   batch, q_len, heads, d_k = query.shape
   s_len, d_v = key.shape[1], value.shape[-1]
@@ -122,16 +125,12 @@ def blockwise_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray
   query = pad(query, q_len, q_blocks * q_block) * (1.0 / jnp.sqrt(jnp.float32(d_k))).astype(
       query.dtype)
   key, value = pad(key, s_len, k_blocks * k_block), pad(value, s_len, k_blocks * k_block)
-  if mask is not None:
-    mask = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], q_len, s_len))
-    mask = jnp.pad(mask, [(0, 0), (0, 0), (0, q_blocks * q_block - q_len),
-                          (0, k_blocks * k_block - s_len)])
+  # Padded queries and keys are masked out: segment id 0, or False in the boolean mask.
+  block_mask = _block_masks(mask, q_len, s_len, q_blocks * q_block, k_blocks * k_block)
   key_is_real = jnp.arange(k_blocks * k_block) < s_len
 
   def attend_query_block(qi):
     q = jax.lax.dynamic_slice_in_dim(query, qi * q_block, q_block, axis=1)  # [B, q, H, K]
-    if mask is not None:
-      q_mask = jax.lax.dynamic_slice_in_dim(mask, qi * q_block, q_block, axis=2)
 
     @jax.checkpoint
     def step(carry, ki):
@@ -142,9 +141,9 @@ def blockwise_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray
       logits = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)
       # Masked keys get the reference's large negative logit; padding keys an even smaller one,
       # so that a fully masked row averages the real keys exactly as the reference does.
-      if mask is not None:
-        block_mask = jax.lax.dynamic_slice_in_dim(q_mask, ki * k_block, k_block, axis=3)
-        logits = jnp.where(block_mask, logits, _MASKED_LOGIT)
+      if block_mask is not None:
+        logits = jnp.where(block_mask(qi * q_block, q_block, ki * k_block, k_block), logits,
+                           _MASKED_LOGIT)
       logits = jnp.where(real, logits, 2 * _MASKED_LOGIT)
       m_new = jnp.maximum(m, logits.max(axis=-1))
       p = jnp.exp(logits - m_new[..., None])
@@ -163,6 +162,33 @@ def blockwise_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray
   blocks = jax.lax.map(attend_query_block, jnp.arange(q_blocks))  # [nq, B, q, H, V]
   output = jnp.moveaxis(blocks, 0, 1).reshape(batch, q_blocks * q_block, heads, d_v)
   return output[:, :q_len].astype(value.dtype)
+
+
+BlockMask = Callable[[jnp.ndarray, int, jnp.ndarray, int], jnp.ndarray]
+
+
+def _block_masks(mask: Mask | jnp.ndarray | None, q_len: int, s_len: int, q_padded: int,
+                 s_padded: int) -> BlockMask | None:
+  """(query start, query block, key start, key block) -> that block's `[B, 1, q, s]` mask."""
+  if isinstance(mask, Mask) and mask.query_segments is not None:
+    query_segments = jnp.pad(mask.query_segments, [(0, 0), (0, q_padded - q_len)])
+    key_segments = jnp.pad(mask.key_segments, [(0, 0), (0, s_padded - s_len)])
+
+    def from_segments(q_start, q_size, k_start, k_size):
+      return masks.allowed(jax.lax.dynamic_slice_in_dim(query_segments, q_start, q_size, axis=1),
+                           jax.lax.dynamic_slice_in_dim(key_segments, k_start, k_size, axis=1),
+                           mask.causal, q_start + jnp.arange(q_size), k_start + jnp.arange(k_size))
+    return from_segments
+  dense = masks.dense_of(mask)
+  if dense is None:
+    return None
+  dense = jnp.broadcast_to(dense, (dense.shape[0], dense.shape[1], q_len, s_len))
+  dense = jnp.pad(dense, [(0, 0), (0, 0), (0, q_padded - q_len), (0, s_padded - s_len)])
+
+  def sliced(q_start, q_size, k_start, k_size):
+    rows = jax.lax.dynamic_slice_in_dim(dense, q_start, q_size, axis=2)
+    return jax.lax.dynamic_slice_in_dim(rows, k_start, k_size, axis=3)
+  return sliced
 
 
 def _projection(config: ModelConfig, per_head_size: int, name: str) -> nn.DenseGeneral:
@@ -220,7 +246,7 @@ class MultiHeadAttention(nn.Module):
     elif config.attention_kernel == "jax":
       attended = fused_attention(query, key, value, dense)
     elif config.attention_kernel == "blockwise":
-      attended = blockwise_attention(query, key, value, dense, config.attention_block_size)
+      attended = blockwise_attention(query, key, value, mask, config.attention_block_size)
     else:
       probs_dtype = (jnp.float32 if config.attention_probs_dtype == "float32" else
                      config.compute_dtype)
