@@ -24,9 +24,9 @@ from experiments import sweep_arguments
 from launch import vm as vm_lib
 from launch.job import Job
 from launch.vm import Gcloud, LaunchError, TpuVm
+from transformer.cli_errors import HELP_FLAGS
 
 COMMANDS = ("create", "setup", "run", "logs", "status", "stop", "delete", "watch", "sweep")
-HELP_FLAGS = ("--help", "-h", "-help", "--helpfull", "--helpshort", "-?")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -182,6 +182,20 @@ def test_default_output_has_no_library_start_up_noise(tmp_path):
   assert result.stdout.startswith("model: d_model=64")
 
 
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "transformer.main", "--help"],
+                                     [os.path.join(os.path.dirname(sys.executable),
+                                                   "transformer-main"), "-h"]],
+                         ids=["module", "console_script"])
+def test_help_lists_every_flag_and_the_config_overrides_and_exits_zero(command):
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+  assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+  assert "--config.train.num_steps=100" in result.stdout
+  for flag, text in (("--mode", "compile: compile the train step"), ("--topology", "h200"),
+                     ("--export.format", "ctranslate2"), ("--workdir", "Run directory")):
+    assert flag in result.stdout and text in result.stdout, flag
+
+
 def test_compile_mode_reports_memory_and_flops(data_dir, tmp_path):
   result = helpers.run_main(*helpers.dirs(tmp_path, data_dir), "--mode=compile", devices=8)
   assert result.returncode == 0, result.stderr[-2000:]

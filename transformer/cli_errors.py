@@ -13,6 +13,9 @@ import ml_collections
 
 from transformer import config_files
 
+# What our command lines accept as a request for their usage (absl knows only --help and -?).
+HELP_FLAGS = ("--help", "-h", "-help", "--helpfull", "--helpshort", "-?")
+
 
 def config_path(argv: Sequence[str], default: str) -> str:
   """The `--config=PATH[:ARG]` given (the last one wins), else the default."""

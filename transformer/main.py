@@ -1,6 +1,7 @@
 """The command-line app: `python -m transformer.main --config=experiments/configs/smoke.py`.
 
-Intentionally short, and the only module that reads flags; everything else takes arguments.
+Every field of the config file is a flag as well: `--config.train.num_steps=100`,
+`--config.model.dropout_rate=0.3`, `--config.data.batch_size=32` (docs/training.md).
 """
 
 from __future__ import annotations
@@ -148,7 +149,12 @@ def _drop_routine_library_warnings(record: pylogging.LogRecord) -> bool:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a config file or key that does not exist as a one-line error."""
+  """absl's flag parsing, with a config file or key that does not exist as a one-line error;
+  `--help` (`-h`, `--helpfull`) prints the usage and exits 0 (absl's own exits 1)."""
+  requested = [arg for arg in argv[1:] if arg in cli_errors.HELP_FLAGS]
+  if requested:
+    print(usage(full="--helpfull" in requested))
+    sys.exit(0)
   try:
     remaining = flags.FLAGS(argv)
     _CONFIG.value.get("model")  # a config file that failed to load raises at any attribute
@@ -160,6 +166,12 @@ def parse_flags(argv: list[str]) -> list[str]:
       message = str(explained)
     sys.stderr.write(f"error: {message}\n")
     sys.exit(2)
+
+
+def usage(full: bool) -> str:
+  """`--help`: this module's docstring and its flags (`--helpfull`: absl's flags as well)."""
+  listed = flags.FLAGS.get_help() if full else flags.FLAGS.module_help(sys.modules[__name__])
+  return f"{__doc__.strip()}\n\nflags:\n{listed}"
 
 
 def run_app() -> None:
