@@ -206,9 +206,12 @@ def test_translate_nbest_and_bad_input(trained, tmp_path):
     modes.translate(config, workdir, str(source), io.StringIO())
 
 
-def test_no_checkpoint_says_how_to_train(tmp_path):
+def test_no_checkpoint_says_how_to_train_and_a_missing_input_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint in .*: train one first with"):
     modes.translate(tiny_config.get_config(), str(tmp_path), "-", io.StringIO())
+  missing = str(tmp_path / "sources.txt")
+  with pytest.raises(FileNotFoundError, match=f"^--input={missing}: no such file$"):
+    modes.translate(tiny_config.get_config(), str(tmp_path), missing, io.StringIO())
 
 
 def test_average_writes_a_checkpoint_that_evaluates(trained):

@@ -118,6 +118,8 @@ def translate(config: ml_collections.ConfigDict, workdir: str, input_path: str,
   `index<TAB>score<TAB>translation<TAB>positional scores` (log P of each token, EOS included).
   Returns the line count.
   """
+  if input_path != "-" and not os.path.isfile(input_path):  # before the checkpoint loads
+    raise FileNotFoundError(f"--input={input_path}: no such file")
   loaded = checkpointing.load(config, directory or workdir_lib.checkpoints(workdir))
   options = inference.DecodeOptions.from_config(loaded.config.decode)
   nbest = config.eval.nbest
