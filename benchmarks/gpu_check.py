@@ -1,7 +1,8 @@
 """The GPU check: correctness, train-step speed beside the peers, XLA flags and decoding, one GPU.
 
-    python -m benchmarks.gpu_check [--rounds 3] [--steps 10] [--out FILE.json]
+    python -m benchmarks.gpu_check [--rounds 3] [--steps 10] [--sizes base,big] [--out FILE|DIR]
     python -m benchmarks.gpu_check --quick   # a rehearsal on CPU: tiny sizes, same code paths
+    bash benchmarks/gpu_session.sh           # on a lent GPU machine without network
 
 Needs jax with a GPU (the `[cuda12]`/`[cuda13]` extra), flax, optax, torch with CUDA and
 ml_collections; no TensorFlow. Sections, all in one JSON:
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -46,6 +48,7 @@ from benchmarks import flax_peer
 from benchmarks import step_options
 from benchmarks import train_speed
 from transformer import attention, config as model_configs, flops, inference, masks, steps
+from transformer import workdir
 from transformer.model import Transformer
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -175,27 +178,42 @@ def runners(size: str, shape: dict[str, Any], gpu: bool) -> tuple[dict, dict, fl
   return found, memory, model_flops
 
 
-def train_rows(shape: dict[str, Any], gpu: bool, rounds: int, num_steps: int,
-               peaks: dict[str, float]) -> dict[str, Any]:
-  """Interleaved rounds of every variant at each size."""
-  rows = {}
-  for size in shape["sizes"]:
-    variants, memory, model_flops = runners(size, shape, gpu)
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    for round_index in range(rounds):
-      for name, run in variants.items():
-        seconds[name].append(run(num_steps) / num_steps)
-      print(f"{size} round {round_index + 1}/{rounds}: " + ", ".join(
-          f"{n} {1e3 * s[-1]:.1f} ms" for n, s in seconds.items()), flush=True)
-    tokens = 2 * shape["rows"] * shape["length"]
-    rows[size] = {"tokens_per_step": tokens, "model_flops_per_step": model_flops, "variants": {
-        name: {"step_ms": median_and_spread([1e3 * s for s in samples]),
-               "tokens_per_second": tokens / statistics.median(samples),
-               "mfu_vs_spec": model_flops / statistics.median(samples) / peaks["spec"],
-               "mfu_vs_measured_matmul": model_flops / statistics.median(samples) /
-               peaks["measured"], "memory_bytes": memory.get(name)}
-        for name, samples in seconds.items()}}
-  return rows
+def train_row(size: str, shape: dict[str, Any], gpu: bool, rounds: int, num_steps: int,
+              peaks: dict[str, float]) -> dict[str, Any]:
+  """Interleaved rounds of every variant at one model size."""
+  variants, memory, model_flops = runners(size, shape, gpu)
+  seconds: dict[str, list[float]] = {name: [] for name in variants}
+  for round_index in range(rounds):
+    for name, run in variants.items():
+      seconds[name].append(run(num_steps) / num_steps)
+    print(f"{size} round {round_index + 1}/{rounds}: " + ", ".join(
+        f"{n} {1e3 * s[-1]:.1f} ms" for n, s in seconds.items()), flush=True)
+  tokens = 2 * shape["rows"] * shape["length"]
+  return {"tokens_per_step": tokens, "model_flops_per_step": model_flops, "variants": {
+      name: {"step_ms": median_and_spread([1e3 * s for s in samples]),
+             "tokens_per_second": tokens / statistics.median(samples),
+             "mfu_vs_spec": model_flops / statistics.median(samples) / peaks["spec"],
+             "mfu_vs_measured_matmul": model_flops / statistics.median(samples) /
+             peaks["measured"], "memory_bytes": memory.get(name)}
+      for name, samples in seconds.items()}}
+
+
+def format_train_row(size: str, row: dict[str, Any]) -> str:
+  """One size's variants as an aligned table."""
+  width = max(len(name) for name in row["variants"])
+  lines = [f"{size}: {row['tokens_per_step']:,d} tokens/step"]
+  for name, figures in row["variants"].items():
+    lines.append(f"  {name:{width}s} {figures['step_ms']['median']:8.1f} ms "
+                 f"({figures['step_ms']['min']:.1f}-{figures['step_ms']['max']:.1f}) "
+                 f"{figures['tokens_per_second']:>12,.0f} tok/s  MFU {figures['mfu_vs_spec']:.1%} "
+                 f"(of measured matmul {figures['mfu_vs_measured_matmul']:.1%})")
+  return "\n".join(lines)
+
+
+def report_name(device_kind: str) -> str:
+  """`gpu_h100.json` for a GPU of our table (`transformer/gpus.py`), else from its kind."""
+  known = next((gpu.name for gpu in gpus.GPUS.values() if gpu.description == device_kind), None)
+  return f"gpu_{known or re.sub(r'[^a-z0-9]+', '_', device_kind.lower()).strip('_')}.json"
 
 
 def flag_set_step_ms(flag_set: tuple[str, ...], shape: dict[str, Any], gpu: bool,
@@ -203,9 +221,10 @@ def flag_set_step_ms(flag_set: tuple[str, ...], shape: dict[str, Any], gpu: bool
   """Our base (or quick) step's time under an XLA flag set, in a fresh process."""
   env = {**os.environ, "GPU_CHECK_FLAGS": "1",
          "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), *flag_set]).strip()}
-  args = [sys.executable, os.path.abspath(__file__), "--child_step", "--rounds", str(rounds),
+  args = [sys.executable, "-m", "benchmarks.gpu_check", "--child_step", "--rounds", str(rounds),
           "--steps", str(num_steps)] + (["--quick"] if not gpu else [])
-  result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if result.returncode != 0:
     return {"error": (result.stderr.strip().splitlines() or ["no output"])[-1]}
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -247,11 +266,23 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=10, help="steps per round and variant")
   parser.add_argument("--quick", action="store_true", help="CPU rehearsal: tiny sizes")
-  parser.add_argument("--out", default=os.path.join(RESULTS, "gpu_h200.json"),
-                      help="the JSON report (default benchmarks/results/gpu_h200.json)")
+  parser.add_argument("--sizes", default="",
+                      help=f"model sizes to train, comma-separated (default "
+                      f"{','.join(FULL['sizes'])}; --quick: tiny; known: "
+                      f"{', '.join(train_speed.SIZES)})")
+  parser.add_argument("--out", default=RESULTS,
+                      help="the JSON report, rewritten after each section, or a directory for "
+                      "gpu_NAME.json, named for the GPU found (e.g. gpu_h100.json; default "
+                      "benchmarks/results/)")
   parser.add_argument("--child_step", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   shape = QUICK if args.quick else FULL
+  if args.sizes:
+    unknown = [size for size in args.sizes.split(",") if size not in train_speed.SIZES]
+    if unknown:
+      raise SystemExit(f"error: --sizes: unknown size {unknown[0]!r}; known: "
+                       f"{', '.join(train_speed.SIZES)}")
+    shape = {**shape, "sizes": tuple(args.sizes.split(","))}
   device = jax.devices()[0]
   gpu = device.platform == "gpu"
   if not gpu and not args.quick:
@@ -259,6 +290,8 @@ def main() -> None:
   if args.child_step:
     child_step(shape, gpu, args.rounds, args.steps)
     return
+  out = (os.path.join(args.out, report_name(device.device_kind)) if os.path.isdir(args.out)
+         else args.out)
   start = time.time()
   spec = next((peak for name, peak in flops.PEAK_FLOPS.items() if name in device.device_kind),
               0.0)
@@ -269,30 +302,36 @@ def main() -> None:
       "device": device.device_kind, "jax": jax.__version__, "xla_flags":
       os.environ.get("XLA_FLAGS", ""), "peak_bf16_flops_spec": spec,
       "measured_matmul_flops": measured, "shape": {k: v for k, v in shape.items()},
-      "method": __doc__.split("\n\n")[2]}
+      "method": __doc__.split("\n\n")[2], "train": {}}
+
+  def save(section: str) -> None:  # after each section: a run cut short keeps what it measured
+    report["wall_seconds"] = time.time() - start
+    report["sections_done"] = [*report.get("sections_done", []), section]
+    workdir.write_atomically(out, json.dumps(report, indent=1))
+    print(f"[{report['wall_seconds']:.0f} s] {section} done, written: {out}", flush=True)
+
   report["correctness"] = correctness(shape, gpu)
   print(json.dumps(report["correctness"], indent=1), flush=True)
-  report["train"] = train_rows(shape, gpu, args.rounds, args.steps, peaks)
+  save("correctness")
+  # The first size, then decoding and the flag sets, then the other (larger) sizes.
+  first, *others = shape["sizes"]
+  report["train"][first] = train_row(first, shape, gpu, args.rounds, args.steps, peaks)
+  print(format_train_row(first, report["train"][first]), flush=True)
+  save(f"train {first}")
+  report["decoding_beam4"] = decoding(shape, gpu)
+  print(f"beam-4 decoding: {report['decoding_beam4']['sentences_per_second']:.1f} sentences/s")
+  save("decoding_beam4")
   report["xla_flag_sets"] = {
       name: {"flags": list(flags), "step_ms": flag_set_step_ms(flags, shape, gpu, args.rounds,
                                                                args.steps)}
       for name, flags in (("recommended", gpus.RECOMMENDED_XLA_FLAGS),
                           ("alternative", gpus.ALTERNATIVE_XLA_FLAGS))}
-  report["decoding_beam4"] = decoding(shape, gpu)
-  report["wall_seconds"] = time.time() - start
-  for size, row in report["train"].items():
-    print(f"\n{size}: {row['tokens_per_step']:,d} tokens/step")
-    for name, figures in row["variants"].items():
-      print(f"  {name:28s} {figures['step_ms']['median']:8.1f} ms "
-            f"({figures['step_ms']['min']:.1f}-{figures['step_ms']['max']:.1f}) "
-            f"{figures['tokens_per_second']:>12,.0f} tok/s  MFU {figures['mfu_vs_spec']:.1%} "
-            f"(of measured matmul {figures['mfu_vs_measured_matmul']:.1%})")
   print(f"XLA flag sets: {json.dumps(report['xla_flag_sets'])}")
-  print(f"beam-4 decoding: {report['decoding_beam4']['sentences_per_second']:.1f} sentences/s")
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w", encoding="utf-8") as handle:
-    json.dump(report, handle, indent=1)
-  print(f"written: {args.out} ({report['wall_seconds']:.0f} s)")
+  save("xla_flag_sets")
+  for size in others:
+    report["train"][size] = train_row(size, shape, gpu, args.rounds, args.steps, peaks)
+    print(format_train_row(size, report["train"][size]), flush=True)
+    save(f"train {size}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
 """The benchmarks' own arithmetic, against independent references."""
 
+import json
+import os
+import subprocess
+import sys
+
 import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import step_profile
+from tests.helpers import REPO
+from tests.test_tf_free import hiding
 
 
 def test_hlo_costs_count_dot_flops_like_xla_and_boundary_bytes_by_hand():
@@ -67,3 +75,38 @@ def test_step_levers_byte_masks_keep_a_multiple_of_one_256th():
   kept = out != 0
   np.testing.assert_allclose(out[kept], 256 / 230, rtol=1e-6)  # round(0.9 * 256) = 230
   assert abs(kept.mean() - 230 / 256) < 0.005
+
+
+def test_gpu_check_times_a_flag_set_in_a_child_process():
+  """The GPU check's XLA flag sets run in a fresh process each: on CPU, the quick shape."""
+  from benchmarks import gpu_check
+  step_ms = gpu_check.flag_set_step_ms((), gpu_check.QUICK, gpu=False, rounds=1, num_steps=1)
+  assert "error" not in step_ms, step_ms
+  assert 0 < step_ms["min"] <= step_ms["median"] <= step_ms["max"]
+
+
+# What the lent GPU machine lacks of our dependencies, besides ml_collections (carried as a wheel).
+ABSENT_ON_THE_GPU_MACHINE = ("tensorflow", "tensorflow_datasets", "clu", "grain", "array_record",
+                             "sacremoses", "tensorboardX", "gcsfs", "ctranslate2", "libtpu")
+
+
+@pytest.mark.slow
+def test_gpu_session_script_rehearses_on_cpu(tmp_path):
+  """`bash benchmarks/gpu_session.sh --quick`: every part of the GPU check, tiny, with the modules
+  the GPU machine lacks hidden, and no error recorded anywhere in its report (a GPU session has
+  minutes, not retries)."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "sitecustomize.py").write_text(hiding(ABSENT_ON_THE_GPU_MACHINE))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(PYTHONPATH=str(site), PYTHON=sys.executable, OUT=str(tmp_path / "out"))
+  result = subprocess.run(["bash", "benchmarks/gpu_session.sh", "--quick", "--rounds=1",
+                           "--steps=1"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=env)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  report = json.loads((tmp_path / "out" / "gpu_cpu.json").read_text())
+  assert '"error"' not in json.dumps(report), json.dumps(report, indent=1)[:3000]
+  assert report["sections_done"] == ["correctness", "train tiny", "decoding_beam4",
+                                     "xla_flag_sets"]
+  assert report["decoding_beam4"]["sentences_per_second"] > 0
+  assert "train tiny done" in (tmp_path / "out" / "gpu_session.log").read_text()
