@@ -109,11 +109,57 @@ def test_exhaustive_beam_finds_the_brute_force_best():
     np.testing.assert_allclose(beam_scores[0, k], scores[ranked[k]], rtol=1e-4)
 
 
+FIRST_STEPS = np.log([1e-30, 0.5, 0.3, 0.2])  # P(EOS, a, b) = (0.5, 0.3, 0.2); id 0 is padding
+RARE_EOS = np.log([1e-30, 1e-6, 0.5, 0.5])
+
+
+def _toy_search(first_steps, beam_size=2, early_stopping="k_finished"):
+  """Beam search over a toy decoder: per sentence, `first_steps` log-probabilities at the first
+  two steps, then EOS (almost) surely; alpha 2 (a strong bonus for length), at most 5 tokens."""
+  def step(tokens, cache):
+    late = jnp.array([-30.0, 0.0, -20.0, -20.0])
+    logits = jnp.where(cache["index"] < 2, cache["first_steps"], late)
+    return logits, {"index": cache["index"] + 1, "first_steps": cache["first_steps"]}
+  rows = jnp.repeat(jnp.asarray(first_steps, jnp.float32), beam_size, axis=0)
+  return decoding.beam_search(step, {"index": jnp.array(0), "first_steps": rows},
+                              jnp.full([len(first_steps)], 5), beam_size=beam_size, alpha=2.0,
+                              max_length=5, eos_id=EOS_ID, early_stopping=early_stopping)
+
+
+@pytest.mark.parametrize("early_stopping", ["exact", "k_finished"])
+def test_k_finished_stops_at_k_hypotheses_and_exact_finds_the_longer_better_one(early_stopping):
+  """Two beams, worked by hand from the definition: after two steps `EOS` and `a EOS` have
+  finished; `a a` is live and, with the certain EOS of step 3, becomes `a a EOS`, which beats
+  `a EOS` once normalized. `k_finished` has stopped by then."""
+  a, eos = 2, EOS_ID
+  ids, scores = _toy_search([FIRST_STEPS], early_stopping=early_stopping)
+  penalty = lambda n: ((5 + n) / 6) ** 2
+  second = ([a, eos], np.log(0.5 * 0.3) / penalty(2)) if early_stopping == "k_finished" else (
+      [a, a, eos], np.log(0.3 * 0.3) / penalty(3))
+  assert [list(ids[0, 0, :1]), list(ids[0, 1, :len(second[0])])] == [[eos], second[0]]
+  assert not np.asarray(ids[0, 1, len(second[0]):]).any()
+  np.testing.assert_allclose(scores[0], [np.log(0.5), second[1]], rtol=1e-5)
+
+
+def test_a_sentence_that_ended_keeps_its_hypotheses_while_the_batch_goes_on():
+  """With `k_finished`, the first sentence ends after two steps; the second (EOS rare at first)
+  goes on, and the first's output stays what it is alone (`a EOS`, not the later `a a EOS`)."""
+  alone = _toy_search([FIRST_STEPS])
+  together = _toy_search([FIRST_STEPS, RARE_EOS])
+  np.testing.assert_array_equal(together[0][0], alone[0][0])
+  np.testing.assert_allclose(together[1][0], alone[1][0], rtol=1e-6)
+  assert list(together[0][0, 1, :2]) == [2, EOS_ID]
+  assert list(together[0][1, 0, :3]) != list(together[0][0, 0, :3])  # the other sentence's own
+
+
 def test_bad_decode_options():
   with pytest.raises(ValueError, match="config.decode.method must be one of beam, greedy, sample"):
     inference.DecodeOptions(method="nucleus")
   with pytest.raises(ValueError, match=r"config.decode.top_p must be in \(0, 1\]"):
     inference.DecodeOptions(method="sample", top_p=0.0)
+  with pytest.raises(ValueError, match=r"config.decode.early_stopping must be one of exact, "
+                                       r"k_finished, got 'never'"):
+    inference.DecodeOptions(early_stopping="never")
 
 
 PROBABILITIES = np.array([0.0, 0.05, 0.1, 0.15, 0.3, 0.4])  # id 0 is padding, never drawn

@@ -103,7 +103,7 @@ def test_evaluate_writes_hypotheses_and_reports_bleu(trained):
                     ).read().splitlines()
   assert len(hypotheses) == 40
   saved = json.load(open(os.path.join(workdir, "eval", "test.step30.beam2.alpha0.6.json")))
-  assert saved["bleu"] == result["bleu"]
+  assert saved["bleu"] == result["bleu"] and saved["decode_seconds"] > 0
   assert set(saved["outputs"]) == {"length_ratio", "loops", "unknown", "over_twice_reference"}
 
 
@@ -150,6 +150,9 @@ def test_output_names_keep_checkpoints_and_decodings_apart():
       "test.averaged.step9.beam4.alpha0.6"
   decode.alpha = 1.0
   assert modes.output_stem("test", "w/averaged", 9, decode) == "test.averaged.step9.beam4.alpha1"
+  decode.early_stopping = "k_finished"
+  assert modes.output_stem("test", "w/averaged", 9, decode) == \
+      "test.averaged.step9.beam4.alpha1.k_finished"
   decode.method = "greedy"
   assert modes.output_stem("test", "w/checkpoints", 9, decode) == "test.step9.greedy"
   assert modes.output_stem("test", "w/averaged", 9, decode, "multi30k") == \

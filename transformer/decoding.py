@@ -18,6 +18,11 @@ import jax.numpy as jnp
 
 TokensToLogits = Callable[[jnp.ndarray, Any], tuple[jnp.ndarray, Any]]
 NEG_INF = -1.0e7
+# When a sentence's beam search ends: `exact` once no live beam can beat its K finished
+# hypotheses even at the maximum length (tensor2tensor, Flax); `k_finished` once K hypotheses
+# have finished, each an EOS among the K best candidates of its step (fairseq; Hugging Face's
+# early_stopping=True): sooner, a heuristic.
+EARLY_STOPPING = ("exact", "k_finished")
 
 
 def length_penalty(length: jnp.ndarray, alpha: float) -> jnp.ndarray:
@@ -144,15 +149,22 @@ class _BeamState:
 
 def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.ndarray, *,
                 beam_size: int, alpha: float, max_length: int, eos_id: int, start_id: int = 0,
-                no_repeat_ngram_size: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
+                no_repeat_ngram_size: int = 0, early_stopping: str = "exact"
+                ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Beam search with length penalty; returns sequences `[B, K, L]` and scores `[B, K]`, best first.
 
   `cache` must already be repeated for the beams (`[B * K, ...]`). A hypothesis ends with EOS;
-  its score is log P / length_penalty(length). The search stops early once no live beam can
-  still beat the worst of K finished ones (log-probabilities only fall, and with alpha >= 0 the
-  best a live beam can reach is its log-probability over the penalty at the maximum length).
-  Sentences with no finished hypothesis return their live beams.
+  its score is log P / length_penalty(length). A sentence's search ends (`early_stopping`,
+  `EARLY_STOPPING`) with `exact` once no live beam can still beat the worst of its K finished
+  ones (log-probabilities only fall, and with alpha >= 0 the best a live beam can reach is its
+  log-probability over the penalty at the maximum length), with `k_finished` once K have
+  finished; an ended sentence's hypotheses stay as they are while the rest of the batch goes on,
+  so its output does not depend on the batch. Sentences with no finished hypothesis return their
+  live beams.
   """
+  if early_stopping not in EARLY_STOPPING:
+    raise ValueError(f"config.decode.early_stopping must be one of {', '.join(EARLY_STOPPING)}, "
+                     f"got {early_stopping!r}")
   batch_size = max_lengths.shape[0]
   beam_max_lengths = jnp.repeat(max_lengths, beam_size)
   initial_logprobs = jnp.tile(jnp.array([0.0] + [NEG_INF] * (beam_size - 1)), [batch_size, 1])
@@ -163,13 +175,18 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.n
       finished_scores=jnp.full([batch_size, beam_size], NEG_INF),
       finished_flags=jnp.zeros([batch_size, beam_size], bool), cache=cache)
 
-  def cond(state: _BeamState) -> jnp.ndarray:
+  def ended(state: _BeamState) -> jnp.ndarray:
+    """`[B]`: whose search is over."""
+    if early_stopping == "k_finished":
+      return jnp.all(state.finished_flags, axis=1)
     best_possible = state.live_logprobs[:, 0] / length_penalty(
         max_lengths.astype(jnp.float32), alpha)
     worst_finished = jnp.min(jnp.where(state.finished_flags, state.finished_scores, NEG_INF),
                              axis=1)
-    search_over = jnp.all(worst_finished > best_possible)
-    return (state.step < max_length) & ~search_over
+    return worst_finished > best_possible
+
+  def cond(state: _BeamState) -> jnp.ndarray:
+    return (state.step < max_length) & ~jnp.all(ended(state))
 
   def body(state: _BeamState) -> _BeamState:
     step = state.step
@@ -201,17 +218,24 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.n
 
     # Finished: merge the new hypotheses (normalized by length) with the old, keep the K best.
     new_scores = top_logprobs / length_penalty(step + 1.0, alpha)
-    new_scores = jnp.where(ends & (top_logprobs > NEG_INF / 2), new_scores, NEG_INF)
+    finishing = ends & (top_logprobs > NEG_INF / 2)
+    if early_stopping == "k_finished":  # as fairseq: only among the K best candidates, or
+      finishing &= jnp.arange(2 * beam_size) < beam_size  # unlikely EOS would fill the K slots
+    new_scores = jnp.where(finishing, new_scores, NEG_INF)
     all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
     all_flags = jnp.concatenate([state.finished_flags, new_scores > NEG_INF / 2], axis=1)
     all_sequences = jnp.concatenate([state.finished_sequences, top_sequences], axis=1)
     finished_scores, finished_choice = jax.lax.top_k(all_scores, beam_size)
+    over = ended(state)
+    keep = lambda old, new: jnp.where(over.reshape((-1,) + (1,) * (old.ndim - 1)), old, new)
     return _BeamState(
         step=step + 1, live_sequences=live_sequences, live_logprobs=live_logprobs,
-        finished_sequences=jnp.take_along_axis(all_sequences, finished_choice[:, :, None],
-                                               axis=1),
-        finished_scores=finished_scores,
-        finished_flags=jnp.take_along_axis(all_flags, finished_choice, axis=1), cache=cache)
+        finished_sequences=keep(state.finished_sequences, jnp.take_along_axis(
+            all_sequences, finished_choice[:, :, None], axis=1)),
+        finished_scores=keep(state.finished_scores, finished_scores),
+        finished_flags=keep(state.finished_flags,
+                            jnp.take_along_axis(all_flags, finished_choice, axis=1)),
+        cache=cache)
 
   final = jax.lax.while_loop(cond, body, state)
   any_finished = jnp.any(final.finished_flags, axis=1)

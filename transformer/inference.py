@@ -33,11 +33,15 @@ class DecodeOptions:
   seed: int = 0
   no_repeat_ngram_size: int = 0
   use_cache: bool = True
+  early_stopping: str = "exact"  # beam: decoding.EARLY_STOPPING
 
   def __post_init__(self):
     if self.method not in ("beam", "greedy", "sample"):
       raise ValueError(f"config.decode.method must be one of beam, greedy, sample; got "
                        f"{self.method!r}")
+    if self.early_stopping not in decoding.EARLY_STOPPING:
+      raise ValueError(f"config.decode.early_stopping must be one of "
+                       f"{', '.join(decoding.EARLY_STOPPING)}, got {self.early_stopping!r}")
     if self.beam_size < 1:
       raise ValueError(f"config.decode.beam_size must be positive, got {self.beam_size}")
     if not 0.0 < self.top_p <= 1.0:
@@ -53,7 +57,8 @@ class DecodeOptions:
                extra_length=decode.extra_length, temperature=decode.temperature,
                top_k=decode.top_k, top_p=decode.get("top_p", 1.0), seed=decode.get("seed", 0),
                no_repeat_ngram_size=decode.get("no_repeat_ngram_size", 0),
-               use_cache=decode.use_cache)
+               use_cache=decode.use_cache,
+               early_stopping=decode.get("early_stopping", "exact"))
 
   def batch_rng(self, batch_index: int) -> jax.Array:
     """The sampling key of one batch: `seed`, this process and the batch's number folded in, so
@@ -119,7 +124,8 @@ def translate_ids(model: Transformer, params: Any, inputs: jnp.ndarray, options:
   if options.method == "beam":
     return decoding.beam_search(step, cache, max_lengths, beam_size=beams, alpha=options.alpha,
                                 max_length=length, eos_id=EOS_ID,
-                                no_repeat_ngram_size=options.no_repeat_ngram_size)
+                                no_repeat_ngram_size=options.no_repeat_ngram_size,
+                                early_stopping=options.early_stopping)
   temperature = 0.0 if options.method == "greedy" else options.temperature
   if options.method == "sample" and rng is None:
     rng = options.batch_rng(0)

@@ -95,8 +95,9 @@ def main(argv: list[str]) -> None:
       run.train_and_evaluate(config, workdir)
     elif mode == "evaluate":
       result = modes.evaluate(config, workdir, _CHECKPOINT_DIR.value)
-      print(f"{result['split']} (step {result['step']}, {result['sentences']} sentences): "
-            f"BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f}\n"
+      print(f"{result['split']} (step {result['step']}, {result['sentences']} sentences, decoded "
+            f"in {result['decode_seconds']:.1f} s): BLEU {result['bleu']:.2f} "
+            f"chrF {result['chrf']:.2f}\n"
             f"BLEU signature ({result['bleu_style']}): {result['bleu_signature']}\n"
             f"chrF signature: {result['chrf_signature']}")
       for style, extra in result.get("extra_bleu", {}).items():

@@ -10,6 +10,7 @@ import json
 import os
 import select
 import sys
+import time
 from typing import Any, Callable, Iterator, TextIO
 
 import jax
@@ -62,13 +63,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
       raise DataError(f"config.eval.split: {error}") from None
     evaluation_set = inputs.eval_set(builder, trained, loaded.tokenizer, name)
   options = inference.DecodeOptions.from_config(trained.decode)
+  start = time.perf_counter()
   hypotheses, _ = evaluation.translate_eval_set(loaded.model, loaded.params, evaluation_set,
                                                 loaded.tokenizer, options, loaded.mesh)
+  decode_seconds = time.perf_counter() - start
   # The same hypotheses scored in the extra styles too: one decode for all of them.
   result = evaluation.score(hypotheses, evaluation_set.references, trained.data.target_lang,
                             config.eval.bleu_style, extra_styles)
   result.update(step=loaded.step, split=name, sentences=len(hypotheses), checkpoint=directory,
-                decode=dict(config.decode),
+                decode=dict(config.decode), decode_seconds=decode_seconds,
                 outputs=evaluation.output_stats(hypotheses, evaluation_set.references))
   output_dir = workdir_lib.evaluations(workdir)
   epath.Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -82,12 +85,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, directory: str | N
 def output_stem(split: str, directory: str, step: int, decode: ml_collections.ConfigDict,
                 style: str = "sacrebleu") -> str:
   """`SPLIT[.CHECKPOINTS].stepN.DECODING[.STYLE]`: evaluations of averaged checkpoints, with
-  another decoding method (beam size and alpha included) or another BLEU style do not overwrite
-  each other (CHECKPOINTS is left out for `checkpoints/`, STYLE for sacrebleu)."""
+  another decoding method (beam size, alpha and a non-exact early stopping included) or another
+  BLEU style do not overwrite each other (CHECKPOINTS is left out for `checkpoints/`, STYLE for
+  sacrebleu)."""
   source = os.path.basename(os.path.normpath(directory))
   tag = "" if source == workdir_lib.CHECKPOINTS else f".{source}"
   method = (f"beam{decode.beam_size}.alpha{decode.alpha:g}" if decode.method == "beam"
             else decode.method)
+  if decode.method == "beam" and decode.get("early_stopping", "exact") != "exact":
+    method += f".{decode.early_stopping}"
   return f"{split}{tag}.step{step}.{method}{'' if style == 'sacrebleu' else '.' + style}"
 
 
