@@ -226,8 +226,11 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.n
     all_flags = jnp.concatenate([state.finished_flags, new_scores > NEG_INF / 2], axis=1)
     all_sequences = jnp.concatenate([state.finished_sequences, top_sequences], axis=1)
     finished_scores, finished_choice = jax.lax.top_k(all_scores, beam_size)
-    over = ended(state)
-    keep = lambda old, new: jnp.where(over.reshape((-1,) + (1,) * (old.ndim - 1)), old, new)
+    # Under `exact` an ended sentence's finished set cannot change any more (no new hypothesis
+    # can beat its worst), so only `k_finished` needs to hold it.
+    over = ended(state) if early_stopping == "k_finished" else None
+    keep = lambda old, new: new if over is None else jnp.where(
+        over.reshape((-1,) + (1,) * (old.ndim - 1)), old, new)
     return _BeamState(
         step=step + 1, live_sequences=live_sequences, live_logprobs=live_logprobs,
         finished_sequences=keep(state.finished_sequences, jnp.take_along_axis(

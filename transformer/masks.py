@@ -55,6 +55,36 @@ def allowed(query_segments: jnp.ndarray, key_segments: jnp.ndarray, causal: bool
   return result
 
 
+def padding_mask(query_valid: jnp.ndarray, key_valid: jnp.ndarray) -> jnp.ndarray:
+  """Mask from per-token validity: `[B, Q]`, `[B, K]` -> `[B, 1, Q, K]`."""
+  return query_valid[:, None, :, None] & key_valid[:, None, None, :]
+
+
+def causal_mask(length: int) -> jnp.ndarray:
+  """Position i may attend to positions <= i (Sec. 3.2.3): `[1, 1, L, L]`."""
+  positions = jnp.arange(length)
+  return (positions[:, None] >= positions[None, :])[None, None]
+
+
+def segment_mask(query_segments: jnp.ndarray, key_segments: jnp.ndarray) -> jnp.ndarray:
+  """Packed rows: tokens attend only within their own sentence.
+
+  `[B, Q]`, `[B, K]` segment ids -> `[B, 1, Q, K]`.
+  """
+  return query_segments[:, None, :, None] == key_segments[:, None, None, :]
+
+
+def combine(*masks: jnp.ndarray | None) -> jnp.ndarray | None:
+  """Logical AND of the masks that are not None (None if all are)."""
+  present = [m for m in masks if m is not None]
+  if not present:
+    return None
+  combined = present[0]
+  for mask in present[1:]:
+    combined = combined & mask
+  return combined
+
+
 def token_validity(tokens: jnp.ndarray, segments: jnp.ndarray | None, pad_id: int) -> jnp.ndarray:
   """Real (non-pad) tokens: from segment ids when the batch is packed, else from the pad id."""
   if segments is not None:
@@ -62,35 +92,32 @@ def token_validity(tokens: jnp.ndarray, segments: jnp.ndarray | None, pad_id: in
   return tokens != pad_id
 
 
-def _mask(query_segments: jnp.ndarray, key_segments: jnp.ndarray, packed: bool,
+def _mask(dense: jnp.ndarray, query_valid: jnp.ndarray, key_valid: jnp.ndarray,
+          query_segments: jnp.ndarray | None, key_segments: jnp.ndarray | None,
           causal: bool = False) -> Mask:
-  dense = allowed(query_segments, key_segments, causal, jnp.arange(query_segments.shape[1]),
-                  jnp.arange(key_segments.shape[1]))
-  if packed:
+  """A right-padded row is one sentence: segment 1 on its tokens, 0 on its padding."""
+  if query_segments is not None and key_segments is not None:  # packed rows
     return Mask(dense, causal=causal, query_segments=query_segments, key_segments=key_segments)
-  return Mask(dense, lengths(query_segments > 0), lengths(key_segments > 0), causal,
-              query_segments, key_segments)
-
-
-def _segments(tokens: jnp.ndarray, segments: jnp.ndarray | None, pad_id: int) -> jnp.ndarray:
-  """Segment ids of packed rows; 1 on the real tokens of a right-padded row, 0 on its padding."""
-  if segments is not None:
-    return segments.astype(jnp.int32)
-  return (tokens != pad_id).astype(jnp.int32)
+  return Mask(dense, lengths(query_valid), lengths(key_valid), causal,
+              query_valid.astype(jnp.int32), key_valid.astype(jnp.int32))
 
 
 def encoder_self_attention_mask(tokens: jnp.ndarray, segments: jnp.ndarray | None,
                                 pad_id: int) -> Mask:
   """Encoder self-attention: padding (and segment) mask, `[B, 1, L, L]`."""
-  ids = _segments(tokens, segments, pad_id)
-  return _mask(ids, ids, segments is not None)
+  valid = token_validity(tokens, segments, pad_id)
+  same_segment = segment_mask(segments, segments) if segments is not None else None
+  dense = combine(padding_mask(valid, valid), same_segment)
+  return _mask(dense, valid, valid, segments, segments)
 
 
 def decoder_self_attention_mask(targets: jnp.ndarray, segments: jnp.ndarray | None,
                                 pad_id: int) -> Mask:
   """Decoder self-attention: padding, causal and segment masks, `[B, 1, L, L]`."""
-  ids = _segments(targets, segments, pad_id)
-  return _mask(ids, ids, segments is not None, causal=True)
+  valid = token_validity(targets, segments, pad_id)
+  same_segment = segment_mask(segments, segments) if segments is not None else None
+  dense = combine(padding_mask(valid, valid), causal_mask(targets.shape[1]), same_segment)
+  return _mask(dense, valid, valid, segments, segments, causal=True)
 
 
 def encoder_decoder_mask(targets: jnp.ndarray, target_segments: jnp.ndarray | None,
@@ -98,15 +125,17 @@ def encoder_decoder_mask(targets: jnp.ndarray, target_segments: jnp.ndarray | No
                          pad_id: int) -> Mask:
   """Encoder-decoder attention: target queries over source keys, `[B, 1, Lt, Ls]`."""
   packed = target_segments is not None and input_segments is not None
-  if packed:
-    return _mask(_segments(targets, target_segments, pad_id),
-                 _segments(inputs, input_segments, pad_id), packed=True)
-  # Padding only: validity from segment ids where a side has them, else from the pad id.
-  return _mask(token_validity(targets, target_segments, pad_id).astype(jnp.int32),
-               token_validity(inputs, input_segments, pad_id).astype(jnp.int32), packed=False)
+  same_segment = segment_mask(target_segments, input_segments) if packed else None
+  target_valid = token_validity(targets, target_segments, pad_id)
+  source_valid = token_validity(inputs, input_segments, pad_id)
+  dense = combine(padding_mask(target_valid, source_valid), same_segment)
+  if not packed:
+    return _mask(dense, target_valid, source_valid, None, None)
+  return _mask(dense, target_valid, source_valid, target_segments, input_segments)
 
 
 def decode_step_cross_mask(step_targets: jnp.ndarray, inputs: jnp.ndarray, pad_id: int) -> Mask:
   """Encoder-decoder attention of one incremental decoding step over the (right-padded) source."""
-  step = jnp.ones(step_targets.shape, jnp.int32)
-  return _mask(step, _segments(inputs, None, pad_id), packed=False)
+  step_valid = jnp.ones(step_targets.shape, bool)
+  source_valid = token_validity(inputs, None, pad_id)
+  return _mask(padding_mask(step_valid, source_valid), step_valid, source_valid, None, None)
