@@ -44,9 +44,9 @@ def allowed(query_segments: jnp.ndarray, key_segments: jnp.ndarray, causal: bool
             query_positions: jnp.ndarray, key_positions: jnp.ndarray) -> jnp.ndarray:
   """May-attend from segment ids: `[B, Q]`, `[B, K]` (0: padding) -> `[B, 1, Q, K]`.
 
-  A query attends to the keys of its own sentence (the same non-zero segment id; Sec. 5.1's
-  batching packs several per row), and under `causal` only to those at positions up to its own
-  (Sec. 3.2.3). Positions (`[Q]`, `[K]`) place a block of queries/keys within the sequence.
+  A query attends to the keys of its own sentence (the same non-zero segment id; a packed row
+  holds several), and under `causal` only to those at positions up to its own (Sec. 3.2.3).
+  Positions (`[Q]`, `[K]`) place a block of queries/keys within the sequence.
   """
   same = query_segments[:, None, :, None] == key_segments[:, None, None, :]
   result = same & (query_segments > 0)[:, None, :, None]
