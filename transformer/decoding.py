@@ -25,6 +25,13 @@ NEG_INF = -1.0e7
 EARLY_STOPPING = ("exact", "k_finished")
 
 
+def check_early_stopping(rule: str) -> None:
+  """A one-line error unless `rule` is one of `EARLY_STOPPING`."""
+  if rule not in EARLY_STOPPING:
+    raise ValueError(f"config.decode.early_stopping must be one of {', '.join(EARLY_STOPPING)}, "
+                     f"got {rule!r}")
+
+
 def length_penalty(length: jnp.ndarray, alpha: float) -> jnp.ndarray:
   """GNMT length penalty ((5 + length) / 6)^alpha (Wu et al. 2016; the paper's Sec. 6.1)."""
   return ((5.0 + length) / 6.0) ** alpha
@@ -162,9 +169,7 @@ def beam_search(tokens_to_logits: TokensToLogits, cache: Any, max_lengths: jnp.n
   so its output does not depend on the batch. Sentences with no finished hypothesis return their
   live beams.
   """
-  if early_stopping not in EARLY_STOPPING:
-    raise ValueError(f"config.decode.early_stopping must be one of {', '.join(EARLY_STOPPING)}, "
-                     f"got {early_stopping!r}")
+  check_early_stopping(early_stopping)
   batch_size = max_lengths.shape[0]
   beam_max_lengths = jnp.repeat(max_lengths, beam_size)
   initial_logprobs = jnp.tile(jnp.array([0.0] + [NEG_INF] * (beam_size - 1)), [batch_size, 1])

@@ -39,9 +39,7 @@ class DecodeOptions:
     if self.method not in ("beam", "greedy", "sample"):
       raise ValueError(f"config.decode.method must be one of beam, greedy, sample; got "
                        f"{self.method!r}")
-    if self.early_stopping not in decoding.EARLY_STOPPING:
-      raise ValueError(f"config.decode.early_stopping must be one of "
-                       f"{', '.join(decoding.EARLY_STOPPING)}, got {self.early_stopping!r}")
+    decoding.check_early_stopping(self.early_stopping)
     if self.beam_size < 1:
       raise ValueError(f"config.decode.beam_size must be positive, got {self.beam_size}")
     if not 0.0 < self.top_p <= 1.0:

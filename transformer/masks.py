@@ -129,8 +129,6 @@ def encoder_decoder_mask(targets: jnp.ndarray, target_segments: jnp.ndarray | No
   target_valid = token_validity(targets, target_segments, pad_id)
   source_valid = token_validity(inputs, input_segments, pad_id)
   dense = combine(padding_mask(target_valid, source_valid), same_segment)
-  if not packed:
-    return _mask(dense, target_valid, source_valid, None, None)
   return _mask(dense, target_valid, source_valid, target_segments, input_segments)
 
 
